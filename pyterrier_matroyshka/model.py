@@ -1,0 +1,144 @@
+"""The Matroyshka forward pass over any Hugging Face decoder backbone (spec section 3).
+
+The backbone's own decoder layers run one by one, so one code path serves Llama, Mistral and Qwen2
+(and Qwen3): scores are read at the requested exits, blocks after the deepest exit never run, and
+the passage span is pooled before the chosen blocks. Module names follow the released checkpoints
+(``model.layers.*``, ``lm_head.{i}.linear_head``) so PEFT adapters trained by the reference load.
+"""
+from __future__ import annotations
+
+from typing import AbstractSet, Sequence
+
+import torch
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from .compress import compress_passages, scoring_token_attention
+from .shape import BackboneDims, Shape
+
+SUPPORTED_BACKBONES = ("llama", "mistral", "qwen2", "qwen3")
+REFERENCE_BUGS = frozenset({"B1", "B2"})
+
+
+class ExitHead(nn.Module):
+    """A bias-free ``Linear(hidden -> 1)`` read at one exit depth."""
+
+    def __init__(self, hidden_size: int):
+        super().__init__()
+        self.linear_head = nn.Linear(hidden_size, 1, bias=False)
+
+
+class MatroyshkaModel(nn.Module):
+    """A decoder backbone (``.model``) plus one scoring head per exit depth (``.lm_head``).
+
+    Exits are ``range(start_layer, num_layers + 1, layer_sep)``; head ``i`` belongs to depth
+    ``start_layer + i * layer_sep``.
+    """
+
+    def __init__(self, backbone: nn.Module, heads: nn.ModuleList, start_layer: int, layer_sep: int = 1):
+        super().__init__()
+        model_type = getattr(backbone.config, "model_type", "?")
+        if model_type not in SUPPORTED_BACKBONES or not all(
+                hasattr(backbone, a) for a in ("embed_tokens", "layers", "norm", "rotary_emb")):
+            raise ValueError(f"unsupported backbone architecture {model_type!r}: the Matroyshka forward drives "
+                             f"decoder layers of {', '.join(SUPPORTED_BACKBONES)} models")
+        self.model = backbone
+        self.lm_head = heads
+        self.start_layer, self.layer_sep = start_layer, layer_sep
+        if len(heads) != len(self.exit_depths):
+            raise ValueError(f"{len(heads)} heads for exits {self.exit_depths} (start_layer {start_layer}, "
+                             f"layer_sep {layer_sep}, {self.num_layers} layers): the checkpoint and its config disagree")
+        self.gradient_checkpointing = False
+        # The layer-by-layer loop passes its own mask; SDPA works with it, eager would also.
+        backbone.config._attn_implementation = "sdpa"
+
+    @property
+    def config(self):
+        return self.model.config
+
+    @property
+    def num_layers(self) -> int:
+        return self.model.config.num_hidden_layers
+
+    @property
+    def exit_depths(self) -> list[int]:
+        return list(range(self.start_layer, self.num_layers + 1, self.layer_sep))
+
+    @property
+    def dims(self) -> BackboneDims:
+        return BackboneDims.from_config(self.model.config)
+
+    def head_index(self, depth: int) -> int:
+        return (depth - self.start_layer) // self.layer_sep
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, query_lengths: torch.Tensor,
+                prompt_lengths: torch.Tensor, shape: Shape, reference_bugs: AbstractSet[str] = frozenset()
+                ) -> torch.Tensor:
+        """Score a right-padded batch at every exit of ``shape``: [n_exits, N] fp32 raw scores.
+
+        ``reference_bugs`` replays the reference's B1 (the i-th returned exit uses head i) and/or B2
+        (compression weights from the last *padded* position) for adapters trained with them.
+        """
+        shape.validate(self.exit_depths)
+        hidden = self.model.embed_tokens(input_ids)
+        mask = attention_mask
+        positions, rotary, block_mask = self._positions(hidden, mask)
+        weights = None
+        exits: list[torch.Tensor] = []
+        for block in range(shape.depth):
+            if block in shape.exits:
+                exits.append(self._score(hidden, mask, shape, len(exits), reference_bugs))
+            if shape.compresses and block in shape.compress_layers:
+                hidden, mask = compress_passages(hidden, mask, query_lengths, prompt_lengths, weights, shape.ratio)
+                positions, rotary, block_mask = self._positions(hidden, mask)
+            layer = self.model.layers[block]
+            if shape.compresses and block + 1 in shape.compress_layers:
+                weights = scoring_token_attention(layer, hidden, mask, self._query_row(mask, reference_bugs), rotary)
+            hidden = self._run_block(layer, hidden, block_mask, positions, rotary)
+        exits.append(self._score(hidden, mask, shape, len(exits), reference_bugs))
+        return torch.stack(exits)
+
+    def _positions(self, hidden: torch.Tensor, mask: torch.Tensor):
+        """Positions 0..L-1 (renumbered after every compression), their rotary embedding, and the
+        causal mask that also hides padded keys. Every row has a real first token, so no query row
+        is fully masked."""
+        length = hidden.shape[1]
+        positions = torch.arange(length, device=hidden.device).unsqueeze(0)
+        rotary = self.model.rotary_emb(hidden, positions)
+        causal = torch.ones(length, length, dtype=torch.bool, device=hidden.device).tril()
+        block_mask = causal.unsqueeze(0) & mask.bool().unsqueeze(1)
+        return positions, rotary, block_mask.unsqueeze(1)
+
+    def _run_block(self, layer, hidden, block_mask, positions, rotary):
+        kwargs = dict(attention_mask=block_mask, position_ids=positions, position_embeddings=rotary)
+        if self.gradient_checkpointing and self.training:
+            out = checkpoint(lambda h: layer(h, **kwargs), hidden, use_reentrant=False)
+        else:
+            out = layer(hidden, **kwargs)
+        return out[0] if isinstance(out, tuple) else out
+
+    @staticmethod
+    def _query_row(mask: torch.Tensor, reference_bugs: AbstractSet[str]) -> torch.Tensor:
+        if "B2" in reference_bugs:
+            return torch.full((mask.shape[0],), mask.shape[1] - 1, device=mask.device)
+        return mask.sum(dim=1) - 1
+
+    def _score(self, hidden, mask, shape: Shape, position: int, reference_bugs: AbstractSet[str]) -> torch.Tensor:
+        """Final norm + head at each row's last real token only, in fp32."""
+        depth = shape.exits[position]
+        last = mask.sum(dim=1) - 1
+        state = self.model.norm(hidden[torch.arange(hidden.shape[0], device=hidden.device), last])
+        index = position if "B1" in reference_bugs else self.head_index(depth)
+        return self.lm_head[index].linear_head(state).float().squeeze(-1)
+
+
+def reference_bug_set(reference_compat: bool | Sequence[str]) -> frozenset[str]:
+    """``True`` replays both reference bugs, ``False`` none, or name them: ``{"B1"}``, ``{"B2"}``."""
+    if reference_compat is True:
+        return REFERENCE_BUGS
+    if not reference_compat:
+        return frozenset()
+    bugs = frozenset(reference_compat)
+    if not bugs <= REFERENCE_BUGS:
+        raise ValueError(f"reference_compat names unknown bugs {sorted(bugs - REFERENCE_BUGS)}; use B1 and/or B2")
+    return bugs

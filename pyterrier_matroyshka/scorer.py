@@ -1,0 +1,208 @@
+"""``compute_score`` for plain Python users: the object the PyTerrier and Pyserini faces share.
+
+Usage follows the reference README::
+
+    scorer = MatroyshkaScorer("BAAI/Matroyshka-ReRanker-passage",
+                              adapters=["./compensate/layer/full"], shape="L20,24:r2@8,16")
+    scorer.compute_score([("what is a panda?", "The giant panda is a bear ...")])
+    # -> [[s20], [s24]]  (one list per exit, ascending depth)
+"""
+from __future__ import annotations
+
+import logging
+import math
+from typing import Optional, Sequence, Union
+
+import torch
+from tqdm.auto import tqdm
+
+from .checkpoint import AdapterSpec, load_model, set_active_adapters, unwrap
+from .model import MatroyshkaModel, reference_bug_set
+from .prompt import PromptEncoder
+from .shape import Shape, ShapeLike
+
+log = logging.getLogger(__name__)
+
+Pair = tuple[str, str]
+Scores = Union[list[float], list[list[float]]]
+_DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
+           "fp16": torch.float16, "float16": torch.float16}
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def fast_dtype(device: Union[str, torch.device]) -> torch.dtype:
+    """bf16 where the hardware runs it natively (CUDA with bf16, CPUs with AMX/AVX-512 BF16), else fp32."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    try:
+        flags = open("/proc/cpuinfo").read()
+    except OSError:
+        return torch.float32
+    return torch.bfloat16 if ("amx_bf16" in flags or "avx512_bf16" in flags) else torch.float32
+
+
+def resolve_dtype(dtype: Union[str, torch.dtype, None], device) -> torch.dtype:
+    if dtype is None or dtype == "auto":
+        return fast_dtype(device)
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in _DTYPES:
+        raise ValueError(f"unknown dtype {dtype!r}; use 'auto', 'fp32', 'bf16' or 'fp16'")
+    return _DTYPES[dtype]
+
+
+def shape_from_reference_kwargs(shape: Optional[ShapeLike], cutoff_layers=None, compress_layers=None,
+                                compress_ratio=None, default: Optional[Shape] = None) -> Optional[Shape]:
+    """A :class:`Shape` from either ``shape`` or the reference's keyword names."""
+    if shape is not None:
+        if cutoff_layers is not None or compress_ratio is not None:
+            raise ValueError("give either shape= or cutoff_layers/compress_layers/compress_ratio, not both")
+        return Shape.coerce(shape)
+    if cutoff_layers is None and compress_ratio is None:
+        return default
+    exits = cutoff_layers if cutoff_layers is not None else (default.exits if default else None)
+    if exits is None:
+        raise ValueError("compress_ratio given without cutoff_layers and no default shape")
+    ratio = compress_ratio or 1
+    return Shape(exits, compress_layers if compress_layers is not None else [8], ratio)
+
+
+class MatroyshkaScorer:
+    """A loaded Matroyshka re-ranker with default settings; every call may override them.
+
+    Args:
+        model_name_or_path: folder or hub id (released layout, or a raw base LM); or pass ``model``
+            and ``tokenizer`` already loaded.
+        adapters: LoRA adapters (``peft_path`` in the reference), merged in order; a mapping
+            ``{name: folder}`` with ``merge_adapters=False`` keeps them switchable per call.
+        shape: default :class:`Shape` (default: the deepest exit, no compression). The reference's
+            ``cutoff_layers``, ``compress_layers``, ``compress_ratio`` are accepted too.
+        batch_size, max_length, query_max_length: batching and token budgets (reference defaults).
+        dtype: 'auto' (bf16 where the hardware has it), 'fp32', 'bf16' or 'fp16'.
+        normalize: apply a sigmoid to the scores.
+        prompt: instruction placed after the passage (default: the reference prompt).
+        reference_compat: replay the reference's bugs B1 and B2 (``True``, or e.g. ``{"B2"}``) for
+            adapters trained with them; the default is the corrected behaviour.
+    """
+
+    def __init__(self, model_name_or_path: Optional[str] = None, *, model: Optional[MatroyshkaModel] = None,
+                 tokenizer=None, adapters: AdapterSpec = None, peft_path: AdapterSpec = None,
+                 merge_adapters: bool = True, active_adapters: Optional[Sequence[str]] = None,
+                 shape: Optional[ShapeLike] = None, cutoff_layers=None, compress_layers=None, compress_ratio=None,
+                 batch_size: int = 32, max_length: int = 512, query_max_length: Optional[int] = None,
+                 dtype: Union[str, torch.dtype, None] = "auto", device: Union[str, torch.device, None] = None,
+                 normalize: bool = False, prompt: Optional[str] = None,
+                 reference_compat: Union[bool, Sequence[str]] = False, verbose: bool = False,
+                 start_layer: Optional[int] = None, layer_sep: int = 1):
+        self.device = torch.device(device) if device is not None else default_device()
+        if model is None:
+            if model_name_or_path is None:
+                raise ValueError("give model_name_or_path, or an already loaded model and tokenizer")
+            self.dtype = resolve_dtype(dtype, self.device)
+            model, tokenizer = load_model(model_name_or_path, adapters=adapters if adapters is not None else peft_path,
+                                          merge_adapters=merge_adapters, dtype=self.dtype, device=self.device,
+                                          start_layer=start_layer, layer_sep=layer_sep)
+        elif tokenizer is None:
+            raise ValueError("a loaded model needs its tokenizer too")
+        else:
+            self.dtype = next(model.parameters()).dtype
+        self.model, self.tokenizer = model, tokenizer
+        self.name = str(model_name_or_path or getattr(unwrap(model).config, "_name_or_path", "model"))
+        self.shape = shape_from_reference_kwargs(shape, cutoff_layers, compress_layers, compress_ratio,
+                                                 default=Shape(self.core.num_layers))
+        self.shape.validate(self.core.exit_depths)
+        self.batch_size, self.max_length, self.query_max_length = batch_size, max_length, query_max_length
+        self.normalize, self.prompt, self.verbose = normalize, prompt, verbose
+        self.reference_bugs = reference_bug_set(reference_compat)
+        self.active_adapters = active_adapters
+        self._encoders: dict = {}
+
+    @property
+    def core(self) -> MatroyshkaModel:
+        return unwrap(self.model)
+
+    @property
+    def exits(self) -> list[int]:
+        """Depths that have a scoring head."""
+        return self.core.exit_depths
+
+    def with_shape(self, shape: ShapeLike) -> "MatroyshkaScorer":
+        """The same loaded weights at another default shape (nothing is reloaded)."""
+        other = object.__new__(MatroyshkaScorer)
+        other.__dict__.update(self.__dict__)
+        other.shape = Shape.coerce(shape).validate(self.exits)
+        return other
+
+    def encoder(self, max_length: Optional[int] = None, query_max_length: Optional[int] = None,
+                prompt: Optional[str] = None) -> PromptEncoder:
+        key = (max_length or self.max_length, query_max_length or self.query_max_length, prompt or self.prompt)
+        if key not in self._encoders:
+            self._encoders[key] = PromptEncoder.for_inference(self.tokenizer, key[2], key[0], key[1])
+        return self._encoders[key]
+
+    def flops(self, shape: Optional[ShapeLike] = None, query_len: int = 16, passage_len: int = 96,
+              prompt_len: Optional[int] = None) -> float:
+        """Estimated forward FLOPs per pair for ``shape`` at the given token lengths."""
+        shape = Shape.coerce(shape) if shape is not None else self.shape
+        if prompt_len is None:
+            encoder = self.encoder()
+            prompt_len = len(encoder.sep) + len(encoder.prompt_ids())
+        return shape.validate(self.exits).flops(self.core.dims, query_len, passage_len, prompt_len)
+
+    @torch.inference_mode()
+    def compute_score(self, pairs: Union[Pair, Sequence[Pair]], *, shape: Optional[ShapeLike] = None,
+                      cutoff_layers=None, compress_layers=None, compress_ratio=None,
+                      batch_size: Optional[int] = None, max_length: Optional[int] = None,
+                      query_max_length: Optional[int] = None, normalize: Optional[bool] = None,
+                      prompt: Optional[str] = None, adapters: Optional[Sequence[str]] = None,
+                      verbose: Optional[bool] = None, **_ignored) -> Scores:
+        """Score (query, passage) pairs.
+
+        Returns a list of N floats for a one-exit shape, else ``[n_exits][N]`` in ascending depth.
+        Results are in input order; pairs are length-sorted into batches internally.
+        """
+        if _ignored:
+            log.debug("ignored reference-only arguments: %s", sorted(_ignored))
+        shape = shape_from_reference_kwargs(shape, cutoff_layers, compress_layers, compress_ratio, self.shape)
+        shape.validate(self.exits)
+        pairs = _as_pairs(pairs)
+        scores = torch.empty(len(shape.exits), len(pairs))
+        if pairs:
+            set_active_adapters(self.model, adapters if adapters is not None else self.active_adapters)
+            encoder = self.encoder(max_length, query_max_length, prompt)
+            encoded = encoder.encode(pairs, prompt)
+            order = sorted(range(len(pairs)), key=lambda i: -len(encoded[i].input_ids))
+            size = batch_size or self.batch_size
+            batches = [order[i: i + size] for i in range(0, len(order), size)]
+            show = self.verbose if verbose is None else verbose
+            for batch in tqdm(batches, desc="matroyshka", disable=not show, unit="batch"):
+                inputs = encoder.collate([encoded[i] for i in batch], self.device)
+                scores[:, batch] = self.model(**inputs, shape=shape, reference_bugs=self.reference_bugs).cpu()
+        if self.normalize if normalize is None else normalize:
+            scores = torch.sigmoid(scores.double())
+        result = scores.tolist()
+        return result[0] if len(shape.exits) == 1 else result
+
+    def __repr__(self) -> str:
+        return (f"MatroyshkaScorer({self.name!r}, shape='{self.shape}', exits={self.exits[0]}..{self.exits[-1]}, "
+                f"dtype={str(self.dtype).removeprefix('torch.')}, device='{self.device}')")
+
+
+def _as_pairs(pairs) -> list[Pair]:
+    """Validate input: one pair or a list of pairs of strings; a TypeError names the bad index."""
+    if isinstance(pairs, tuple) and len(pairs) == 2 and all(isinstance(x, str) for x in pairs):
+        pairs = [pairs]
+    pairs = list(pairs)
+    for i, pair in enumerate(pairs):
+        if not (isinstance(pair, (tuple, list)) and len(pair) == 2):
+            raise TypeError(f"pair {i} is {type(pair).__name__} {pair!r:.80}; expected a (query, passage) tuple")
+        query, passage = pair
+        if not isinstance(query, str) or not isinstance(passage, str):
+            bad = "query" if not isinstance(query, str) else "passage"
+            raise TypeError(f"pair {i}: {bad} is {type(pair[bad == 'passage']).__name__}, expected str "
+                            f"(a NaN here usually means a missing text; fill or drop it first)")
+    return [tuple(p) for p in pairs]

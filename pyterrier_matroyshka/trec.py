@@ -1,0 +1,95 @@
+"""TREC run files (``qid Q0 docno rank score tag``), read and written with pandas alone.
+
+The files are the ones ``trec_eval``, Anserini/Pyserini and PyTerrier exchange. In a data frame the
+ranks follow PyTerrier (0 = best, by score within each query); in a file they follow TREC (1 = best).
+Files ending in ``.gz`` are (de)compressed on the fly.
+"""
+from __future__ import annotations
+
+import gzip
+from pathlib import Path
+from typing import IO, Union
+
+import pandas as pd
+
+__all__ = ["write_trec_run", "read_trec_run", "TREC_COLUMNS"]
+
+TREC_COLUMNS = ["qid", "docno", "score", "rank"]
+
+PathLike = Union[str, Path]
+
+
+def _open(path: PathLike, mode: str) -> IO[str]:
+    if str(path).endswith(".gz"):
+        return gzip.open(path, mode + "t", encoding="utf-8")  # type: ignore[return-value]
+    return open(path, mode, encoding="utf-8")
+
+
+def _ranked(df: pd.DataFrame) -> pd.DataFrame:
+    """``df`` sorted by qid (order of first appearance) and score descending (stable), with 0-based ranks."""
+    df = df.copy()
+    df["qid"] = df["qid"].astype(str)
+    df["docno"] = df["docno"].astype(str)
+    df["score"] = df["score"].astype("float64")
+    first_seen = {qid: i for i, qid in enumerate(dict.fromkeys(df["qid"]))}
+    df["_q"] = df["qid"].map(first_seen)
+    df = df.sort_values(["_q", "score"], ascending=[True, False], kind="stable").drop(columns="_q")
+    df["rank"] = df.groupby("qid", sort=False).cumcount().astype("int64")
+    return df.reset_index(drop=True)
+
+
+def write_trec_run(df: pd.DataFrame, path: PathLike, run_name: str = "matroyshka") -> Path:
+    """Write a results frame (columns ``qid``, ``docno``, ``score``) as a TREC run file and return its path.
+
+    Rows are written per query (queries in order of first appearance) by descending score, ties in
+    frame order, with ranks 1, 2, ... recomputed from that order (an existing ``rank`` column is ignored,
+    so file ranks always agree with the scores). Scores keep full float precision.
+    """
+    missing = [c for c in ("qid", "docno", "score") if c not in df.columns]
+    if missing:
+        raise ValueError(f"write_trec_run: the frame lacks column(s) {missing}; it has {list(df.columns)}")
+    if not run_name or any(ch.isspace() for ch in run_name):
+        raise ValueError(f"write_trec_run: run_name must be one non-empty word, got {run_name!r}")
+    for col in ("qid", "docno"):
+        bad = df[col].astype(str).str.contains(r"\s|^$", regex=True)
+        if bad.any():
+            raise ValueError(f"write_trec_run: {col} {df[col][bad].iloc[0]!r} is empty or contains whitespace")
+    ranked = _ranked(df)
+    path = Path(path)
+    with _open(path, "w") as f:
+        for qid, docno, score, rank in zip(ranked["qid"], ranked["docno"], ranked["score"], ranked["rank"]):
+            f.write(f"{qid} Q0 {docno} {rank + 1} {score!r} {run_name}\n")
+    return path
+
+
+def read_trec_run(path: PathLike) -> pd.DataFrame:
+    """Read a TREC run file into a frame with columns ``qid``, ``docno`` (str), ``score`` (float) and
+    ``rank`` (int, 0-based, recomputed from the scores within each query; the file's own ranks are only
+    checked to be integers).
+
+    Blank lines are skipped. Raises ``ValueError`` naming the file and 1-based line number of the first
+    malformed line (not 6 fields, or a rank/score that is not a number).
+    """
+    rows: list[tuple[str, str, float]] = []
+    with _open(path, "r") as f:
+        for lineno, line in enumerate(f, start=1):
+            fields = line.split()
+            if not fields:
+                continue
+            where = f"{path}, line {lineno}"
+            if len(fields) != 6:
+                raise ValueError(f"{where}: expected 6 fields 'qid Q0 docno rank score tag', "
+                                 f"got {len(fields)}: {line.rstrip()!r}")
+            qid, _, docno, rank, score, _ = fields
+            try:
+                int(rank)
+            except ValueError:
+                raise ValueError(f"{where}: rank {rank!r} is not an integer: {line.rstrip()!r}") from None
+            try:
+                value = float(score)
+            except ValueError:
+                raise ValueError(f"{where}: score {score!r} is not a number: {line.rstrip()!r}") from None
+            rows.append((qid, docno, value))
+    df = pd.DataFrame(rows, columns=["qid", "docno", "score"])
+    df = df.astype({"qid": str, "docno": str, "score": "float64"})
+    return _ranked(df)[TREC_COLUMNS]
