@@ -18,6 +18,7 @@ import contextlib
 import os
 import re
 import shutil
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -51,20 +52,26 @@ def _corpus(dataset: str) -> tuple[str, tuple[str, ...]]:
 
 
 @contextlib.contextmanager
-def _quiet_stderr(quiet: bool = True):
-    """Silence file descriptor 2: PISA's C++ code prints logs and progress bars there (its
+def _quiet(quiet: bool = True):
+    """Silence file descriptors 1 and 2: PISA's C++ code prints logs and progress bars there (its
     ``log_level`` switch is broken in pyterrier-pisa 0.4.9)."""
     if not quiet:
         yield
         return
-    saved = os.dup(2)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = [os.dup(1), os.dup(2)]
     try:
         with open(os.devnull, "wb") as null:
+            os.dup2(null.fileno(), 1)
             os.dup2(null.fileno(), 2)
         yield
     finally:
-        os.dup2(saved, 2)
-        os.close(saved)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        for fd, copy in zip((1, 2), saved):
+            os.dup2(copy, fd)
+            os.close(copy)
 
 
 def pisa_index(dataset: str, text_fields: Sequence[str] | None = None, stemmer: str = "porter2",
@@ -93,7 +100,7 @@ def pisa_index(dataset: str, text_fields: Sequence[str] | None = None, stemmer: 
         shutil.rmtree(tmp, ignore_errors=True)
         docs = (dict(docno=d.doc_id, **{f: getattr(d, f) or "" for f in fields})
                 for d in ensure_dataset(parent).docs_iter())
-        with _quiet_stderr(not verbose):
+        with _quiet(not verbose):
             PisaIndex(str(tmp), text_field=list(fields), stemmer=stemmer).index(docs)
         shutil.rmtree(path, ignore_errors=True)  # an incomplete earlier build
         try:
@@ -126,7 +133,7 @@ def bm25(dataset: str, num_results: int = 100, k1: float = 0.9, b: float = 0.4, 
     ``k1=0.9, b=0.4`` are Anserini's defaults.
     """
     index = pisa_index(dataset, text_fields, verbose=verbose)
-    with _quiet_stderr(not verbose):  # the retriever builds its BM25 block-max data on first use
+    with _quiet(not verbose):  # the retriever builds its BM25 block-max data on first use
         retriever = index.bm25(k1=k1, b=b, num_results=num_results)
     return retriever >> text_loader(dataset, text_fields, text_field)
 
@@ -140,4 +147,5 @@ def dl19_bm25_run(text_field: str = "text") -> pd.DataFrame:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # pandas warnings from pt.model.add_ranks
         run = pt.model.add_ranks(run)
-    return text_loader(DL19_ID, ("text",), text_field)(run)
+    run = text_loader(DL19_ID, ("text",), text_field)(run)
+    return run[["qid", "query", "docno", "score", "rank", text_field]]

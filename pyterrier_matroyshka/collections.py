@@ -103,7 +103,7 @@ def _copy_if_changed(src: Path, dst: Path) -> None:
     if dst.is_file() and dst.stat().st_size == src.stat().st_size and dst.stat().st_mtime >= src.stat().st_mtime:
         return
     dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.with_name(dst.name + ".tmp")
+    tmp = dst.with_name(f"{dst.name}.tmp{os.getpid()}")
     shutil.copy2(src, tmp)
     tmp.replace(dst)
 
@@ -117,7 +117,7 @@ def seed_local_collections(source: str | Path | None = None, ir_datasets_home: s
     sets ``IR_DATASETS_HOME`` (re-registering the built-in datasets if ``ir_datasets`` was imported already)
     and registers :data:`DL19_ID`. The files are copied rather than linked: they are small (~7 MB in all),
     and ``ir_datasets`` writes its extracted files and docstores beside them. Idempotent: a second call copies
-    nothing and only re-registers what changed.
+    nothing (it compares sizes and times) and registers nothing again.
 
     Args:
         source: folder with the layout of ``/work/shared/data`` (``vaswani/npl.tar.gz``,
@@ -144,8 +144,6 @@ def seed_local_collections(source: str | Path | None = None, ir_datasets_home: s
         raise ValueError(f"unknown collection(s) {unknown}; known: {list(COLLECTIONS)}")
 
     for key in keys:
-        if (home, key) in _seeded:
-            continue
         for rel_src, rel_dst in COLLECTIONS[key].items():
             src = source / rel_src
             if not src.is_file():
@@ -175,7 +173,7 @@ def ensure_dataset(name: str):
     """
     name = _strip_prefix(name)
     key = _collection_of(name)
-    if key is not None and not any(k == key for _, k in _seeded):
+    if key is not None and (_registered_home, key) not in _seeded:
         try:
             seed_local_collections(collections=[key])
         except FileNotFoundError as e:
