@@ -123,5 +123,4 @@ def test_converted_logits_match_gguf(converted: str) -> None:
     with torch.no_grad():
         ours, ref = model(**enc).logits, gguf_model(**enc).logits
     mask = enc["attention_mask"].bool()
-    print("max |logit diff|", (ours[mask] - ref[mask]).abs().max().item())
     assert (ours[mask] - ref[mask]).abs().max().item() <= LOGITS_ATOL
