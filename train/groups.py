@@ -1,0 +1,179 @@
+"""Hard-negative training groups from an ``ir_datasets`` collection and a PyTerrier first stage (spec 10).
+
+For each query with a judged-relevant document: all its positives, and ``num_negatives`` hard negatives drawn
+from a rank window of the retrieved list (default ranks 10..99, counted from 0), never a judged-relevant
+document; when the window is short, random corpus documents top the group up. Output: one JSON line per query
+in the reference format (``query``, ``pos``, ``neg``) plus ids (``qid``, ``pos_ids``, ``neg_ids``).
+Deterministic for a seed: each query's draw depends only on ``(seed, qid)``.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import random
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Optional, Sequence
+
+import pandas as pd
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class GroupsSummary:
+    """Counts of one mining run."""
+
+    dataset: str
+    queries: int = 0  #: queries in the collection
+    used: int = 0  #: groups written
+    skipped_no_positive: int = 0  #: queries without a judged-relevant document
+    topped_up: int = 0  #: groups that needed random documents
+    positives: int = 0
+    negatives: int = 0
+    random_negatives: int = 0
+
+
+def load_dataset(dataset: str):
+    """The ``ir_datasets`` dataset, seeded from the offline collections when the project knows it."""
+    try:
+        from pyterrier_matroyshka.collections import ensure_dataset
+    except ImportError:  # pragma: no cover - older checkouts
+        import ir_datasets
+
+        return ir_datasets.load(dataset.removeprefix("irds:"))
+    return ensure_dataset(dataset)
+
+
+def topics_frame(ds) -> pd.DataFrame:
+    """``qid``, ``query`` from the dataset's queries (whitespace normalised)."""
+    field = "text" if "text" in ds.queries_cls()._fields else ds.queries_cls()._fields[1]
+    rows = [(q.query_id, " ".join(str(getattr(q, field)).split())) for q in ds.queries_iter()]
+    return pd.DataFrame(rows, columns=["qid", "query"])
+
+
+def relevant_docs(ds, min_relevance: int = 1) -> dict[str, set[str]]:
+    """``{qid: {docno judged >= min_relevance}}``."""
+    judged: dict[str, set[str]] = {}
+    for qrel in ds.qrels_iter():
+        if qrel.relevance >= min_relevance:
+            judged.setdefault(qrel.query_id, set()).add(qrel.doc_id)
+    return judged
+
+
+def _ranked(run: pd.DataFrame) -> dict[str, list[str]]:
+    """``{qid: [docno by rank]}`` from a result frame (``rank`` if present, else by descending score)."""
+    key = ["qid", "rank"] if "rank" in run.columns else ["qid", "score"]
+    ascending = [True, True] if "rank" in run.columns else [True, False]
+    run = run.sort_values(key, ascending=ascending, kind="stable")
+    return {str(qid): list(frame["docno"].astype(str)) for qid, frame in run.groupby("qid", sort=False)}
+
+
+def pick_negatives(ranked: Sequence[str], relevant: set[str], num: int, window: tuple[int, int],
+                   rng: random.Random, corpus_ids: "CorpusIds") -> tuple[list[str], int]:
+    """``num`` distinct negatives from ``ranked[window[0]:window[1]]`` without judged-relevant ones, topped
+    up with random corpus documents; returns ``(docnos, how many are random)``."""
+    pool = [d for d in dict.fromkeys(ranked[window[0]:window[1]]) if d not in relevant]
+    chosen = rng.sample(pool, min(num, len(pool)))
+    extra = 0
+    while len(chosen) < num:
+        candidate = corpus_ids.random(rng)
+        if candidate is None:
+            break
+        if candidate not in relevant and candidate not in chosen:
+            chosen.append(candidate)
+            extra += 1
+    return chosen, extra
+
+
+class CorpusIds:
+    """All document ids of a corpus, read on first use (only topped-up groups need them)."""
+
+    def __init__(self, ds):
+        self.ds = ds
+        self._ids: Optional[list[str]] = None
+
+    def random(self, rng: random.Random) -> Optional[str]:
+        if self._ids is None:
+            self._ids = sorted(d.doc_id for d in self.ds.docs_iter())
+        return rng.choice(self._ids) if self._ids else None
+
+
+def doc_texts(dataset: str, ds, docnos: Sequence[str]) -> dict[str, str]:
+    """Texts as the project's BM25 gives them to the re-ranker (title + text where titled); ``ir_datasets``'
+    docstore fields otherwise."""
+    docnos = list(dict.fromkeys(docnos))
+    try:
+        from pyterrier_matroyshka.bm25 import text_loader
+    except ImportError:  # pragma: no cover
+        text_loader = None
+    if text_loader is not None:
+        frame = text_loader(dataset)(pd.DataFrame({"qid": "0", "docno": docnos}))
+        return dict(zip(frame["docno"].astype(str), frame["text"].fillna("").astype(str)))
+    fields = [f for f in ("title", "text") if f in ds.docs_cls()._fields]
+    store = ds.docs_store()
+    return {d: " ".join(str(getattr(doc, f) or "") for f in fields).strip() for d, doc in store.get_many(docnos).items()}
+
+
+def mine_groups(dataset: str, retriever=None, *, num_negatives: int = 15, window: tuple[int, int] = (10, 100),
+                seed: int = 42, min_relevance: int = 1, max_queries: Optional[int] = None
+                ) -> tuple[list[dict], GroupsSummary]:
+    """Build groups for ``dataset`` (an ``ir_datasets`` id, ``irds:`` allowed).
+
+    Args:
+        retriever: any PyTerrier transformer from topics (``qid``, ``query``) to ranked results; default the
+            project's PISA BM25 with ``num_results = window[1]``.
+        window: ``[start, stop)`` ranks (from 0) the hard negatives come from.
+        min_relevance: the smallest qrel label that counts as judged relevant.
+        max_queries: keep the first n queries with positives (for quick runs).
+    """
+    if not 0 <= window[0] < window[1]:
+        raise ValueError(f"window must be [start, stop) ranks with 0 <= start < stop, got {window}")
+    ds = load_dataset(dataset)
+    topics = topics_frame(ds)
+    judged = relevant_docs(ds, min_relevance)
+    summary = GroupsSummary(dataset=dataset, queries=len(topics))
+    keep = topics["qid"].isin(judged)
+    summary.skipped_no_positive = int((~keep).sum())
+    topics = topics[keep].reset_index(drop=True)
+    if max_queries is not None:
+        topics = topics.head(max_queries)
+    if retriever is None:
+        from pyterrier_matroyshka.bm25 import bm25
+
+        retriever = bm25(dataset, num_results=window[1])
+    ranked = _ranked(retriever(topics)) if len(topics) else {}
+    corpus_ids = CorpusIds(ds)
+    picks = []
+    for qid, query in zip(topics["qid"], topics["query"]):
+        rng = random.Random(f"{seed}:{qid}")
+        negs, extra = pick_negatives(ranked.get(str(qid), []), judged[qid], num_negatives, window, rng, corpus_ids)
+        picks.append((qid, query, sorted(judged[qid]), negs, extra))
+    texts = doc_texts(dataset, ds, [d for p in picks for d in p[2] + p[3]])
+    groups = []
+    for qid, query, pos_ids, neg_ids, extra in picks:
+        pos_ids = [d for d in pos_ids if texts.get(d)]
+        neg_ids = [d for d in neg_ids if texts.get(d)]
+        if not pos_ids:
+            summary.skipped_no_positive += 1
+            continue
+        groups.append(dict(qid=str(qid), query=query, pos=[texts[d] for d in pos_ids], neg=[texts[d] for d in neg_ids],
+                           pos_ids=pos_ids, neg_ids=neg_ids))
+        summary.used += 1
+        summary.topped_up += extra > 0
+        summary.positives += len(pos_ids)
+        summary.negatives += len(neg_ids)
+        summary.random_negatives += extra
+    return groups, summary
+
+
+def write_groups(groups: Sequence[dict], summary: GroupsSummary, output: Path) -> Path:
+    """Write the JSONL file and ``<output>.summary.json``; logs the summary."""
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    with open(output, "w", encoding="utf-8") as f:
+        for group in groups:
+            f.write(json.dumps(group, ensure_ascii=False) + "\n")
+    Path(f"{output}.summary.json").write_text(json.dumps(asdict(summary), indent=2))
+    log.info("groups of %s -> %s: %s", summary.dataset, output, asdict(summary))
+    return output

@@ -1,0 +1,101 @@
+"""Teacher scores for training groups: ``pos_scores`` / ``neg_scores`` from any scorer (raw logits).
+
+A scorer is either an object with ``compute_score(pairs) -> list[float]`` (the project's MiniLM
+cross-encoder, a one-exit ``MatroyshkaScorer``) or any PyTerrier transformer that re-scores a frame of
+``qid``, ``query``, ``docno``, ``text``. Use raw logits, not probabilities: the stage-1 loss takes a softmax
+of them at temperature 1, so their scale matters (spec 10).
+"""
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+import pandas as pd
+
+from .data import parse_group
+
+log = logging.getLogger(__name__)
+
+Pairs = Sequence[tuple[str, str]]
+
+
+def score_function(scorer) -> Callable[[Pairs], list[float]]:
+    """``pairs -> scores`` for a ``compute_score`` object or a PyTerrier transformer."""
+    if hasattr(scorer, "compute_score"):
+        def by_compute_score(pairs: Pairs) -> list[float]:
+            scores = scorer.compute_score(list(pairs))
+            if scores and isinstance(scores[0], list):
+                raise ValueError("the teacher returned several exits; give it a one-exit shape (e.g. its deepest)")
+            return [float(s) for s in scores]
+        return by_compute_score
+    if callable(scorer):
+        def by_frame(pairs: Pairs) -> list[float]:
+            frame = pd.DataFrame({"qid": [str(i) for i in range(len(pairs))],
+                                  "query": [q for q, _ in pairs], "docno": [str(i) for i in range(len(pairs))],
+                                  "text": [p for _, p in pairs], "score": 0.0, "rank": 0})
+            out = scorer(frame)
+            by_row = dict(zip(out["docno"].astype(str), out["score"].astype(float)))
+            missing = [i for i in range(len(pairs)) if str(i) not in by_row]
+            if missing:
+                raise ValueError(f"the teacher transformer dropped {len(missing)} of {len(pairs)} rows")
+            return [by_row[str(i)] for i in range(len(pairs))]
+        return by_frame
+    raise TypeError(f"{type(scorer).__name__} is not a scorer: give an object with compute_score(pairs) or a "
+                    "PyTerrier transformer")
+
+
+def add_teacher_scores(source: Path, output: Path, scorer, chunk: int = 64, verbose: bool = False) -> int:
+    """Copy the groups of ``source`` to ``output`` with ``pos_scores``/``neg_scores`` from ``scorer``
+    (replacing any present). Other fields are kept. Works in chunks of ``chunk`` groups; returns the count."""
+    score = score_function(scorer)
+    source, output = Path(source), Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    lines = [(n, line) for n, line in enumerate(source.read_text(encoding="utf-8").splitlines(), 1) if line.strip()]
+    done = 0
+    progress = _progress(len(lines), verbose)
+    with open(output, "w", encoding="utf-8") as out:
+        for start in range(0, len(lines), chunk):
+            batch = lines[start:start + chunk]
+            records = []
+            for number, line in batch:
+                parse_group(line, f"{source}:{number}")  # validates, with file:line errors
+                records.append(json.loads(line))
+            pairs = [(r["query"], p) for r in records for p in r["pos"] + r["neg"]]
+            scores = iter(score(pairs))
+            for record in records:
+                record["pos_scores"] = [next(scores) for _ in record["pos"]]
+                record["neg_scores"] = [next(scores) for _ in record["neg"]]
+                out.write(json.dumps(record, ensure_ascii=False) + "\n")
+            done += len(records)
+            if progress is not None:
+                progress.update(len(records))
+    log.info("teacher scores for %d groups -> %s", done, output)
+    return done
+
+
+def _progress(total: int, verbose: bool):
+    if not verbose:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc="teacher", unit="group")
+
+
+def make_scorer(name: str, model: Optional[str] = None, adapters: Sequence[str] = (), shape: Optional[str] = None,
+                batch_size: int = 32, dtype: str = "auto"):
+    """A teacher by name: ``minilm`` (the MS MARCO MiniLM-L-12 cross-encoder, ONNX) or ``matroyshka``
+    (``model`` + ``adapters`` at ``shape``, default its deepest exit without compression)."""
+    if name == "minilm":
+        from pyterrier_matroyshka.teacher import MiniLMCrossEncoder
+
+        return MiniLMCrossEncoder(batch_size=batch_size)
+    if name == "matroyshka":
+        from pyterrier_matroyshka.scorer import MatroyshkaScorer
+
+        if not model:
+            raise ValueError("the matroyshka teacher needs --model (and optionally --adapters, --shape)")
+        return MatroyshkaScorer(model, adapters=list(adapters) or None, shape=shape, batch_size=batch_size,
+                                dtype=dtype)
+    raise ValueError(f"unknown teacher {name!r}; use 'minilm' or 'matroyshka'")
