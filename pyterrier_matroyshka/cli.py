@@ -1,0 +1,163 @@
+"""Command line: ``python -m pyterrier_matroyshka {seed,rerank,evaluate,experiment} ...``.
+
+    seed        make the offline collections (../shared/data layout) usable through ir_datasets
+    rerank      re-rank a TREC run (or BM25 candidates) for a dataset and write a TREC run
+    evaluate    nDCG@10 / RR@10 (or --measures) of TREC runs against a dataset's qrels
+    experiment  BM25 top-k re-ranked at several shapes: a table of effectiveness, cost and time
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import warnings
+from typing import Optional, Sequence
+
+import ir_measures
+
+DEFAULT_SHAPES = ["L30", "L20", "L10", "L30:r2@4", "L30:r4@4"]
+
+
+def _model_args(parser: argparse.ArgumentParser) -> None:
+    from .demo import DEFAULT_ADAPTERS, DEFAULT_MODEL
+
+    parser.add_argument("--model", default=DEFAULT_MODEL,
+                        help="folder or hub id: released layout or a raw base LM (default: %(default)s)")
+    parser.add_argument("--adapters", nargs="*", default=DEFAULT_ADAPTERS, help="LoRA adapter folders, merged in order")
+    parser.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
+    parser.add_argument("--device", default=None)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--max-length", type=int, default=512, help="passage token budget")
+    parser.add_argument("--reference-compat", action="store_true", help="replay the reference's bugs B1 and B2")
+
+
+def _candidate_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--dataset", required=True, help="ir_datasets id, e.g. cranfield, beir/scifact/test, "
+                                                         "local/msmarco-passage-dl19")
+    parser.add_argument("--run", default=None, help="TREC run of candidates (default: PISA BM25)")
+    parser.add_argument("--top-k", type=int, default=100, help="candidates per query")
+    parser.add_argument("--queries", type=int, default=None, help="only the first N queries (quick runs)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m pyterrier_matroyshka", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-v", "--verbose", action="store_true")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    seed = commands.add_parser("seed", help="seed ir_datasets from local archives")
+    seed.add_argument("--source", default=None, help="folder in the ../shared/data layout")
+
+    rerank = commands.add_parser("rerank", help="re-rank candidates and write a TREC run")
+    _candidate_args(rerank)
+    _model_args(rerank)
+    rerank.add_argument("--shape", default=None, help="e.g. L30, L20:r2@4 (default: deepest exit)")
+    rerank.add_argument("--output", required=True, help="TREC run to write")
+
+    evaluate = commands.add_parser("evaluate", help="evaluate TREC runs")
+    evaluate.add_argument("--dataset", required=True)
+    evaluate.add_argument("runs", nargs="+")
+    evaluate.add_argument("--measures", nargs="*", default=["nDCG@10", "RR@10"])
+
+    experiment = commands.add_parser("experiment", help="compare shapes on a dataset")
+    _candidate_args(experiment)
+    _model_args(experiment)
+    experiment.add_argument("--shapes", nargs="+", default=None,
+                            help=f"shapes to compare (default for 30 layers: {' '.join(DEFAULT_SHAPES)})")
+    experiment.add_argument("--teacher", action="store_true", help="add the MiniLM cross-encoder as a row")
+    return parser
+
+
+def _scorer(args):
+    from .scorer import MatroyshkaScorer
+
+    return MatroyshkaScorer(args.model, adapters=args.adapters, dtype=args.dtype, device=args.device,
+                            batch_size=args.batch_size, max_length=args.max_length,
+                            reference_compat=args.reference_compat, verbose=args.verbose)
+
+
+def _candidates(args):
+    from .experiment import first_stage
+
+    candidates = first_stage(args.dataset, args.top_k, args.run)
+    candidates = candidates[candidates["rank"] < args.top_k]
+    if args.queries:
+        keep = list(dict.fromkeys(candidates["qid"]))[: args.queries]
+        candidates = candidates[candidates["qid"].isin(keep)]
+    return candidates.reset_index(drop=True)
+
+
+def cmd_seed(args) -> None:
+    from .collections import seed_local_collections
+
+    print(f"ir_datasets home: {seed_local_collections(args.source)}")
+
+
+def cmd_rerank(args) -> None:
+    from .reranker import MatroyshkaReRanker
+    from .trec import write_trec_run
+
+    reranker = MatroyshkaReRanker(scorer=_scorer(args), shape=args.shape, verbose=args.verbose)
+    result = reranker(_candidates(args))
+    path = write_trec_run(result, args.output, run_name=f"matroyshka-{reranker.shape}")
+    print(f"wrote {len(result)} rows for {result['qid'].nunique()} queries to {path}")
+
+
+def cmd_evaluate(args) -> None:
+    from .collections import pt_dataset
+    from .experiment import evaluate, format_table
+    from .trec import read_trec_run
+
+    import pandas as pd
+
+    measures = [ir_measures.parse_measure(m) for m in args.measures]
+    qrels = pt_dataset(args.dataset).get_qrels()
+    rows = [{"run": run, **evaluate(read_trec_run(run), qrels, measures)} for run in args.runs]
+    print(format_table(pd.DataFrame(rows)))
+
+
+def cmd_experiment(args) -> None:
+    from .collections import pt_dataset
+    from .experiment import compare_shapes, format_table
+    from .reranker import MatroyshkaReRanker
+
+    reranker = MatroyshkaReRanker(scorer=_scorer(args), verbose=args.verbose)
+    shapes = args.shapes or default_shapes(reranker.scorer.exits)
+    extra = {}
+    if args.teacher:
+        from .teacher import MiniLMCrossEncoder
+
+        extra["MiniLM-L12 teacher"] = MiniLMCrossEncoder()
+    candidates = _candidates(args)
+    table = compare_shapes(reranker, shapes, candidates, pt_dataset(args.dataset).get_qrels(), extra=extra)
+    print(f"\n{args.dataset}: {candidates['qid'].nunique()} queries, top {args.top_k} candidates, "
+          f"model {reranker.scorer.name} ({reranker.scorer.dtype}), re-ranking time on {reranker.scorer.device}\n")
+    print(format_table(table))
+
+
+def default_shapes(exits: Sequence[int]) -> list[str]:
+    """Full depth, about 2/3 and 1/3 depth, and the full depth compressed by 2 and 4 early on."""
+    deepest = exits[-1]
+    pick = lambda target: min(exits, key=lambda e: abs(e - target))
+    early = max(1, exits[0])
+    depths = sorted({deepest, pick(deepest * 2 / 3), pick(deepest / 3)}, reverse=True)
+    return [f"L{d}" for d in depths] + [f"L{deepest}:r2@{early}", f"L{deepest}:r4@{early}"]
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
+    warnings.filterwarnings("ignore", message=".*Pandas4Warning.*")
+    try:
+        import transformers
+
+        transformers.logging.set_verbosity_error()
+        transformers.logging.disable_progress_bar()
+    except ImportError:  # pragma: no cover
+        pass
+    {"seed": cmd_seed, "rerank": cmd_rerank, "evaluate": cmd_evaluate, "experiment": cmd_experiment}[args.command](args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,88 @@
+"""Compare shapes of one loaded re-ranker: effectiveness next to estimated cost and measured time.
+
+The first stage runs once; every system re-ranks the same candidates, so the time column is the
+re-ranking time alone.
+"""
+from __future__ import annotations
+
+import time
+from typing import Optional, Sequence
+
+import ir_measures
+import pandas as pd
+import pyterrier as pt
+from ir_measures import RR, nDCG
+
+from .reranker import MatroyshkaReRanker
+from .shape import ShapeLike
+
+DEFAULT_MEASURES = (nDCG @ 10, RR @ 10)
+
+
+def first_stage(dataset: str, num_results: int = 100, run: Optional[str] = None) -> pd.DataFrame:
+    """Candidates with text for ``dataset``'s topics: a TREC ``run`` file if given, the official
+    BM25 run for the DL19 subset, else PISA BM25 top-``num_results``."""
+    from .bm25 import bm25, dl19_bm25_run, text_loader
+    from .collections import DL19_ID, pt_dataset
+
+    topics = pt_dataset(dataset).get_topics()
+    if run is not None:
+        from .trec import read_trec_run
+
+        frame = read_trec_run(run).merge(topics, on="qid", how="inner")
+        return text_loader(dataset)(frame)
+    if dataset.removeprefix("irds:") == DL19_ID:
+        frame = dl19_bm25_run()
+        return frame[frame["rank"] < num_results]
+    return bm25(dataset, num_results=num_results)(topics)
+
+
+def evaluate(run: pd.DataFrame, qrels: pd.DataFrame, measures: Sequence = DEFAULT_MEASURES) -> dict[str, float]:
+    """Aggregate ``measures`` of a results frame (qid, docno, score) against PyTerrier-style qrels."""
+    qrels = qrels.rename(columns={"docno": "doc_id", "qid": "query_id", "label": "relevance"})
+    results = run.rename(columns={"docno": "doc_id", "qid": "query_id"})[["query_id", "doc_id", "score"]]
+    values = ir_measures.calc_aggregate(list(measures), qrels, results)
+    return {str(m): float(values.get(m, 0.0)) for m in measures}
+
+
+def compare(candidates: pd.DataFrame, qrels: pd.DataFrame, systems: dict[str, Optional[pt.Transformer]],
+            measures: Sequence = DEFAULT_MEASURES) -> pd.DataFrame:
+    """One row per system (``None`` = the candidates as they are): measures, GFLOP/pair, seconds."""
+    rows = []
+    lengths = None
+    for name, system in systems.items():
+        start = time.perf_counter()
+        run = candidates if system is None else system(candidates)
+        seconds = time.perf_counter() - start
+        flops = float("nan")
+        if isinstance(system, MatroyshkaReRanker):
+            lengths = lengths or mean_lengths(system, candidates)
+            flops = system.scorer.flops(system.shape, *lengths) / 1e9
+        rows.append({"name": name, **evaluate(run, qrels, measures), "GFLOP/pair": flops,
+                     "seconds": seconds if system is not None else float("nan")})
+    return pd.DataFrame(rows)
+
+
+def compare_shapes(reranker: MatroyshkaReRanker, shapes: Sequence[ShapeLike], candidates: pd.DataFrame,
+                   qrels: pd.DataFrame, baseline: str = "BM25", measures: Sequence = DEFAULT_MEASURES,
+                   extra: Optional[dict[str, pt.Transformer]] = None) -> pd.DataFrame:
+    """The candidates' own ranking, ``extra`` systems, then ``reranker`` at each shape (weights loaded once)."""
+    systems: dict[str, Optional[pt.Transformer]] = {baseline: None, **(extra or {})}
+    systems.update({str(shape): reranker.with_shape(shape) for shape in shapes})
+    return compare(candidates, qrels, systems, measures)
+
+
+def mean_lengths(reranker: MatroyshkaReRanker, candidates: pd.DataFrame, sample: int = 256) -> tuple[int, int, int]:
+    """Mean query, passage and prompt token counts of (a sample of) the candidates."""
+    rows = candidates.sample(min(sample, len(candidates)), random_state=0)
+    encoded = reranker.scorer.encoder().encode(list(zip(rows["query"], rows[reranker.text_field])))
+    n = max(len(encoded), 1)
+    return (round(sum(e.query_len for e in encoded) / n), round(sum(e.passage_len for e in encoded) / n),
+            round(sum(e.prompt_len for e in encoded) / n))
+
+
+def format_table(table: pd.DataFrame) -> str:
+    """A plain-text table with 4 decimals for measures, 2 for cost and time."""
+    formats = {c: "{:.4f}".format for c in table.columns if "@" in c}
+    formats.update({"GFLOP/pair": "{:.2f}".format, "seconds": "{:.1f}".format})
+    return table.to_string(index=False, formatters=formats, na_rep="-")

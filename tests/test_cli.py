@@ -1,0 +1,53 @@
+"""The command line on real data (Cranfield), with the tiny golden checkpoint for speed."""
+from __future__ import annotations
+
+import pytest
+
+from pyterrier_matroyshka.cli import default_shapes, main
+from pyterrier_matroyshka.trec import read_trec_run, write_trec_run
+
+
+@pytest.fixture(scope="module")
+def bm25_run(tmp_path_factory, data_dir):
+    from pyterrier_matroyshka.bm25 import bm25
+    from pyterrier_matroyshka.collections import pt_dataset
+
+    topics = pt_dataset("cranfield").get_topics().head(4)
+    return write_trec_run(bm25("cranfield", num_results=10)(topics), tmp_path_factory.mktemp("runs") / "bm25.run")
+
+
+def test_rerank_evaluate_round_trip(bm25_run, tiny_checkpoint, tmp_path, capsys):
+    out = tmp_path / "reranked.run"
+    main(["rerank", "--dataset", "cranfield", "--run", str(bm25_run), "--model", str(tiny_checkpoint),
+          "--dtype", "fp32", "--shape", "L6:r2@2", "--output", str(out)])
+    assert "wrote 40 rows for 4 queries" in capsys.readouterr().out
+    before, after = read_trec_run(bm25_run), read_trec_run(out)
+    assert set(zip(before.qid, before.docno)) == set(zip(after.qid, after.docno))
+    assert not after.score.equals(before.score)
+    main(["evaluate", "--dataset", "cranfield", str(bm25_run), str(out)])
+    table = capsys.readouterr().out
+    assert "nDCG@10" in table and "RR@10" in table and str(out) in table
+
+
+def test_experiment_table(tiny_checkpoint, data_dir, capsys):
+    main(["experiment", "--dataset", "cranfield", "--queries", "3", "--top-k", "10", "--model", str(tiny_checkpoint),
+          "--dtype", "fp32", "--shapes", "L8", "L4", "L8:r2@2"])
+    lines = capsys.readouterr().out.strip().splitlines()
+    header = lines[-5].split()
+    assert header[:5] == ["name", "nDCG@10", "RR@10", "GFLOP/pair", "seconds"]
+    names = [line.split()[0] for line in lines[-4:]]
+    assert names == ["BM25", "L8", "L4", "L8:r2@2"]
+    flops = {line.split()[0]: float(line.split()[3]) for line in lines[-3:]}
+    assert flops["L4"] < flops["L8"] and flops["L8:r2@2"] < flops["L8"]
+
+
+def test_malformed_run_names_the_line(tmp_path, tiny_checkpoint, data_dir):
+    bad = tmp_path / "bad.run"
+    bad.write_text("1 Q0 d1 1 2.0 x\n1 Q0 d2 two\n")
+    with pytest.raises(ValueError, match="line 2"):
+        main(["rerank", "--dataset", "cranfield", "--run", str(bad), "--model", str(tiny_checkpoint),
+              "--dtype", "fp32", "--output", str(tmp_path / "o.run")])
+
+
+def test_default_shapes_for_30_layers():
+    assert default_shapes(list(range(4, 31))) == ["L30", "L20", "L10", "L30:r2@4", "L30:r4@4"]
