@@ -223,3 +223,22 @@ def test_rerank_with_matroyshka_scorer(searcher, cranfield) -> None:
     expected = sorted(zip([h.docid for h in hits], direct), key=lambda p: -p[1])
     assert [h.docid for h in reranked] == [d for d, _ in expected]
     assert [h.score for h in reranked] == pytest.approx([s for _, s in expected], abs=1e-5)
+
+
+@needs_pyserini
+@pytest.mark.skipif(not GOLDEN.is_dir(), reason=f"golden tiny checkpoint not found at {GOLDEN}")
+def test_pyserini_and_pyterrier_paths_agree(searcher, cranfield) -> None:
+    """The same Lucene candidates re-ranked through Pyserini hits and through the PyTerrier stage."""
+    from pyterrier_matroyshka import MatroyshkaReRanker
+    from pyterrier_matroyshka.scorer import MatroyshkaScorer
+
+    _, queries = cranfield
+    scorer = MatroyshkaScorer(str(GOLDEN), dtype="fp32", batch_size=8, shape="L8:r2@2")
+    for qid in ["1", "2"]:
+        hits = searcher.search(queries[qid], k=15)
+        via_pyserini = {h.docid: h.score for h in ps.rerank_hits(scorer, queries[qid], hits, searcher=searcher)}
+        frame = ps.hits_to_frame(qid, queries[qid], hits, searcher=searcher)
+        via_pyterrier = MatroyshkaReRanker(scorer=scorer)(frame)
+        assert dict(zip(via_pyterrier.docno, via_pyterrier.score)) == pytest.approx(via_pyserini, abs=1e-6)
+        ranked = via_pyterrier.sort_values("rank").docno.tolist()
+        assert ranked == [d for d, _ in sorted(via_pyserini.items(), key=lambda p: -p[1])]
