@@ -19,6 +19,16 @@ from train.testing import toy_groups, tiny_base
 GOLDEN = shared_golden_dir()
 pytestmark = pytest.mark.skipif(GOLDEN is None, reason="needs the Mistral tokenizer of ../shared/golden")
 
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """One CPU thread: tiny ops on a shared 2-core machine are many times faster than with two (the
+    second thread waits for a time slice at every op)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
 PAIRS = [("apple banana cherry", "apple banana cherry apple banana cherry"),
          ("apple banana cherry", "tiger umbrella violet walnut xenon zebra")]
 
@@ -91,20 +101,31 @@ def test_stage1_stage2_stage3_train_and_load_in_engine(base, groups, tmp_path):
 
 
 def test_resume_continues_without_repeating_data(base, groups, tmp_path):
-    """An interrupted run resumed from its checkpoint logs the same steps as an uninterrupted one."""
-    extra = ["--epochs", "2", "--save_steps", "2"]
+    """A run that crashes after step 3 resumes from checkpoint-2 and then logs exactly what an
+    uninterrupted run logs: same data, same shapes, same losses."""
+    extra = ["--save_steps", "2"]
     full = Trainer(_config("stage1", base, groups, tmp_path / "full", *extra))
     full.run()
-    part = Trainer(_config("stage1", base, groups, tmp_path / "part", *extra, "--max_steps", "4"))
-    part.total_steps = 4
-    part.run()  # saves checkpoint-2; then "crashes" after step 4 (its final adapter is ignored on resume)
-    (tmp_path / "part" / "checkpoint-4").exists()
+    crashing = Trainer(_config("stage1", base, groups, tmp_path / "part", *extra))
+    step = crashing.train_step
+
+    def train_step():
+        if crashing.step == 3:
+            raise KeyboardInterrupt("simulated crash")
+        return step()
+
+    crashing.train_step = train_step
+    with pytest.raises(KeyboardInterrupt):
+        crashing.run()
+    assert sorted(p.name for p in (tmp_path / "part").glob("checkpoint-*")) == ["checkpoint-2"]
     resumed = Trainer(_config("stage1", base, groups, tmp_path / "part", *extra))
     resumed.run()
-    assert resumed.history[0]["step"] == 3  # the newest complete checkpoint was step 2
+    assert [h["step"] for h in resumed.history] == [3, 4, 5, 6]
     for a, b in zip(full.history[2:], resumed.history):
         assert a["shapes"] == b["shapes"] and a["step"] == b["step"]
-        assert a["loss"] == pytest.approx(b["loss"], rel=1e-4)
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-5)
+    logged = [json.loads(line)["step"] for line in (tmp_path / "part" / "log.jsonl").read_text().splitlines()]
+    assert logged == [1, 2, 3, 3, 4, 5, 6]  # the crashed run's step 3 is redone once, nothing skipped
 
 
 def test_bad_compression_layer_fails_before_training(base, groups, tmp_path):
@@ -118,3 +139,29 @@ def test_external_distillation_without_teacher_scores_fails(base, tmp_path):
     with pytest.raises(ValueError, match="no pos_scores/neg_scores"):
         Trainer(_config("stage1", base, plain, tmp_path / "x"))
     Trainer(_config("stage1", base, plain, tmp_path / "y", "--kd_external", "false"))  # allowed without
+
+
+def test_command_line_with_config_file_and_overrides(base, groups, tmp_path):
+    from train.__main__ import main
+
+    config = Path(__file__).resolve().parent.parent / "train" / "configs" / "stage2.json"
+    out = tmp_path / "cli_s2"
+    main(["stage2", "--config", str(config), "--model", str(base), "--start_layer", "2", "--merge_adapters", "[]",
+          "--train_data", str(groups), "--output_dir", str(out), "--group_size", "4", "--batch_size", "2",
+          "--grad_accum", "1", "--max_steps", "2", "--lora_r", "2", "--lora_alpha", "4", "--bf16", "false"])
+    saved = json.loads((out / "train_config.json").read_text())
+    assert saved["stage"] == "stage2" and saved["lr"] == 2e-5 and saved["lora_r"] == 2 and saved["ratios"] == [1]
+    assert len((out / "log.jsonl").read_text().splitlines()) == 2
+    assert _scores(base, [out]) != pytest.approx(_scores(base), abs=1e-7)
+
+
+def test_matroyshka_model_as_teacher(tmp_path):
+    """A full-shape Matroyshka model (the golden tiny checkpoint) scores groups as a teacher."""
+    from train.teacher import add_teacher_scores, make_scorer
+
+    path = toy_groups(tmp_path / "g.jsonl", n=2, negatives=3, scores=False)
+    teacher = make_scorer("matroyshka", str(GOLDEN / "tiny-matroyshka"), dtype="fp32")
+    add_teacher_scores(path, tmp_path / "t.jsonl", teacher)
+    record = json.loads((tmp_path / "t.jsonl").read_text().splitlines()[0])
+    expected = teacher.compute_score([(record["query"], p) for p in record["pos"] + record["neg"]])
+    assert record["pos_scores"] + record["neg_scores"] == pytest.approx(expected, abs=1e-4)

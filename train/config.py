@@ -69,6 +69,7 @@ class StageConfig:
     log_steps: int = 1
     seed: int = 42
     device: Optional[str] = None
+    num_threads: Optional[int] = None  #: CPU threads per process; 1 is fastest on a busy shared machine
     resume: bool = True
 
     def check(self) -> "StageConfig":

@@ -61,6 +61,8 @@ class Runtime:
 
 def setup_runtime(config: StageConfig) -> Runtime:
     """Join the process group when launched by torchrun/accelerate (``WORLD_SIZE`` > 1); pick device and dtype."""
+    if config.num_threads:
+        torch.set_num_threads(config.num_threads)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     local = int(os.environ.get("LOCAL_RANK", "0"))
     if config.device:
@@ -177,12 +179,17 @@ class Trainer:
                                anchor_spacing=self.config.anchor_spacing, reduction=self.config.loss_reduction)
 
     def _uncompressed(self, inputs, student: torch.Tensor, shape: Shape) -> dict[int, torch.Tensor]:
-        """Anchor scores without compression. An uncompressed student pass already is that pass (up to
-        LoRA dropout noise), so it is reused instead of run twice."""
+        """Anchor scores without compression, under ``no_grad`` and without dropout (a clean target; also
+        skips the dropout masks, a large share of a CPU step). An uncompressed student pass already is
+        that pass up to dropout noise, so it is reused instead of run twice."""
         if not shape.compresses:
             return {d: s.detach() for d, s in zip(self.exits, student)}
-        with torch.no_grad():
-            scores = self.peft_model(**inputs, shape=self.anchor_shape, reference_bugs=self.bugs)
+        self.peft_model.eval()
+        try:
+            with torch.no_grad():
+                scores = self.peft_model(**inputs, shape=self.anchor_shape, reference_bugs=self.bugs)
+        finally:
+            self.peft_model.train()
         return dict(zip(self.anchor_shape.exits, scores))
 
     def _resume(self) -> None:
