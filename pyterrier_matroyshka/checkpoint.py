@@ -33,8 +33,8 @@ DEFAULT_START_LAYER = 4
 
 
 def load_model(name_or_path: str, *, adapters: AdapterSpec = None, merge_adapters: bool = True,
-               dtype: torch.dtype = torch.float32, device: Union[str, torch.device] = "cpu",
-               start_layer: Optional[int] = None, layer_sep: int = 1):
+               switchable: AdapterSpec = None, dtype: torch.dtype = torch.float32,
+               device: Union[str, torch.device] = "cpu", start_layer: Optional[int] = None, layer_sep: int = 1):
     """Load a :class:`MatroyshkaModel` and its tokenizer.
 
     Args:
@@ -42,6 +42,8 @@ def load_model(name_or_path: str, *, adapters: AdapterSpec = None, merge_adapter
         adapters: LoRA adapter folders, applied in order; a ``{name: folder}`` mapping keeps names.
         merge_adapters: merge the adapters into the weights (fast, fixed); if False they stay
             switchable (see :func:`set_active_adapters`) and the returned model is a ``PeftModel``.
+        switchable: more adapters loaded unmerged after ``adapters`` were merged, e.g. the
+            compensation LoRAs on top of a merged stage-1 adapter.
         start_layer, layer_sep: exits of a raw base (default 4 and 1, as the released models).
     Returns:
         ``(model, tokenizer)``; the model is in eval mode on ``device``.
@@ -54,6 +56,11 @@ def load_model(name_or_path: str, *, adapters: AdapterSpec = None, merge_adapter
     else:
         model = _load_raw(source, tokenizer, dtype, start_layer, layer_sep)
     model = apply_adapters(model, adapters, merge=merge_adapters)
+    if switchable:
+        if not merge_adapters:
+            raise ValueError("switchable adapters go on top of merged ones; with merge_adapters=False list them all "
+                             "in adapters")
+        model = apply_adapters(model, switchable, merge=False)
     return model.to(device).eval(), tokenizer
 
 
@@ -140,14 +147,15 @@ def yes_token_id(tokenizer) -> int:
     return tokenizer("Yes", add_special_tokens=False)["input_ids"][-1]
 
 
-def _adapter_items(adapters: AdapterSpec) -> list[tuple[str, str]]:
+def adapter_items(adapters: AdapterSpec) -> list[tuple[str, str]]:
+    """``(name, folder)`` pairs; unnamed adapters are called after their folder."""
     if adapters is None:
         return []
     if isinstance(adapters, (str, os.PathLike)):
         adapters = [adapters]
     if isinstance(adapters, Mapping):
         return [(str(k), str(v)) for k, v in adapters.items()]
-    return [(f"adapter_{i}", str(path)) for i, path in enumerate(adapters)]
+    return [(Path(path).name or f"adapter_{i}", str(path)) for i, path in enumerate(adapters)]
 
 
 def apply_adapters(model: MatroyshkaModel, adapters: AdapterSpec, merge: bool = True):
@@ -155,7 +163,7 @@ def apply_adapters(model: MatroyshkaModel, adapters: AdapterSpec, merge: bool = 
     as named, switchable adapters (returns a ``PeftModel``)."""
     from peft import PeftConfig, PeftModel
 
-    items = _adapter_items(adapters)
+    items = adapter_items(adapters)
     peft_model = None
     for name, path in items:
         config = PeftConfig.from_pretrained(path)
@@ -206,6 +214,28 @@ def set_active_adapters(model, names: Optional[Sequence[str]]) -> None:
         lora.set_adapter(list(names))
     else:
         lora.disable_adapter_layers()
+
+
+ADAPTER_INFO = "matroyshka_adapter.json"
+
+
+def adapter_info(path: str) -> dict:
+    """What a project-trained adapter was trained for (``kind``: vertical/horizontal, ``ratios``);
+    empty for adapters without the note (e.g. the released ones)."""
+    note = Path(path) / ADAPTER_INFO
+    return json.loads(note.read_text()) if note.is_file() else {}
+
+
+def pick_adapters(ratio: int, infos: Mapping[str, dict]) -> list[str]:
+    """The compensation adapters that fit a compression ratio: the horizontal ones trained for it when
+    the shape compresses, else the vertical ones (factorized compensation, spec 8). Adapters without
+    a note of their kind are always used."""
+    always = [n for n, i in infos.items() if i.get("kind") not in ("vertical", "horizontal")]
+    if ratio > 1:
+        horizontal = [n for n, i in infos.items() if i.get("kind") == "horizontal" and ratio in i.get("ratios", [])]
+        if horizontal:
+            return always + horizontal
+    return always + [n for n, i in infos.items() if i.get("kind") == "vertical"]
 
 
 def unwrap(model) -> MatroyshkaModel:

@@ -16,7 +16,7 @@ from typing import Optional, Sequence, Union
 import torch
 from tqdm.auto import tqdm
 
-from .checkpoint import AdapterSpec, load_model, set_active_adapters, unwrap
+from .checkpoint import AdapterSpec, adapter_info, adapter_items, load_model, pick_adapters, set_active_adapters, unwrap
 from .model import MatroyshkaModel, reference_bug_set
 from .prompt import PromptEncoder
 from .shape import Shape, ShapeLike
@@ -79,6 +79,10 @@ class MatroyshkaScorer:
             and ``tokenizer`` already loaded.
         adapters: LoRA adapters (``peft_path`` in the reference), merged in order; a mapping
             ``{name: folder}`` with ``merge_adapters=False`` keeps them switchable per call.
+        compensation: adapters kept unmerged on top of the merged ones (names: folder names), e.g.
+            the vertical and per-ratio horizontal LoRAs of a stage-1 model.
+        active_adapters: which switchable adapters a call uses: ``"auto"`` (default) picks by the
+            shape (the horizontal adapter trained for its ratio, else the vertical one), or names.
         shape: default :class:`Shape` (default: the deepest exit, no compression). The reference's
             ``cutoff_layers``, ``compress_layers``, ``compress_ratio`` are accepted too.
         batch_size, max_length, query_max_length: batching and token budgets (reference defaults).
@@ -91,7 +95,8 @@ class MatroyshkaScorer:
 
     def __init__(self, model_name_or_path: Optional[str] = None, *, model: Optional[MatroyshkaModel] = None,
                  tokenizer=None, adapters: AdapterSpec = None, peft_path: AdapterSpec = None,
-                 merge_adapters: bool = True, active_adapters: Optional[Sequence[str]] = None,
+                 merge_adapters: bool = True, compensation: AdapterSpec = None,
+                 active_adapters: Union[str, Sequence[str], None] = "auto",
                  shape: Optional[ShapeLike] = None, cutoff_layers=None, compress_layers=None, compress_ratio=None,
                  batch_size: int = 32, max_length: int = 512, query_max_length: Optional[int] = None,
                  dtype: Union[str, torch.dtype, None] = "auto", device: Union[str, torch.device, None] = None,
@@ -104,8 +109,8 @@ class MatroyshkaScorer:
                 raise ValueError("give model_name_or_path, or an already loaded model and tokenizer")
             self.dtype = resolve_dtype(dtype, self.device)
             model, tokenizer = load_model(model_name_or_path, adapters=adapters if adapters is not None else peft_path,
-                                          merge_adapters=merge_adapters, dtype=self.dtype, device=self.device,
-                                          start_layer=start_layer, layer_sep=layer_sep)
+                                          merge_adapters=merge_adapters, switchable=compensation, dtype=self.dtype,
+                                          device=self.device, start_layer=start_layer, layer_sep=layer_sep)
         elif tokenizer is None:
             raise ValueError("a loaded model needs its tokenizer too")
         else:
@@ -119,6 +124,8 @@ class MatroyshkaScorer:
         self.normalize, self.prompt, self.verbose = normalize, prompt, verbose
         self.reference_bugs = reference_bug_set(reference_compat)
         self.active_adapters = active_adapters
+        switchable = compensation if merge_adapters else (adapters if adapters is not None else peft_path)
+        self.adapter_infos = {name: adapter_info(path) for name, path in adapter_items(switchable)}
         self._encoders: dict = {}
 
     @property
@@ -136,6 +143,13 @@ class MatroyshkaScorer:
         other.__dict__.update(self.__dict__)
         other.shape = Shape.coerce(shape).validate(self.exits)
         return other
+
+    def adapters_for(self, shape: Shape, requested: Union[str, Sequence[str], None] = None) -> list[str]:
+        """The switchable adapters a call at ``shape`` uses (see ``active_adapters``)."""
+        chosen = requested if requested is not None else self.active_adapters
+        if chosen == "auto":
+            return pick_adapters(shape.ratio, self.adapter_infos)
+        return list(chosen or [])
 
     def encoder(self, max_length: Optional[int] = None, query_max_length: Optional[int] = None,
                 prompt: Optional[str] = None) -> PromptEncoder:
@@ -172,7 +186,7 @@ class MatroyshkaScorer:
         pairs = _as_pairs(pairs)
         scores = torch.empty(len(shape.exits), len(pairs))
         if pairs:
-            set_active_adapters(self.model, adapters if adapters is not None else self.active_adapters)
+            set_active_adapters(self.model, self.adapters_for(shape, adapters))
             encoder = self.encoder(max_length, query_max_length, prompt)
             encoded = encoder.encode(pairs, prompt)
             order = sorted(range(len(pairs)), key=lambda i: -len(encoded[i].input_ids))

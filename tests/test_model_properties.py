@@ -153,3 +153,28 @@ def test_switchable_adapters(tiny_checkpoint, golden_pairs):
     assert switch.compute_score(golden_pairs, adapters=[]) == pytest.approx(plain.compute_score(golden_pairs), abs=1e-4)
     with pytest.raises(ValueError, match="unknown adapter"):
         switch.compute_score(golden_pairs, adapters=["nope"])
+
+
+def test_auto_adapter_choice_by_shape(tiny_checkpoint, golden_pairs, tmp_path):
+    """Compensation adapters with a note of their kind are picked by the shape's ratio."""
+    import json
+    import shutil
+
+    from pyterrier_matroyshka.checkpoint import pick_adapters
+
+    base = str(tiny_checkpoint)
+    vertical, horizontal = tmp_path / "vertical", tmp_path / "r2"
+    shutil.copytree(tiny_checkpoint / "compensate/layer/full", vertical)
+    shutil.copytree(tiny_checkpoint / "compensate/token/ratio_2", horizontal)
+    (vertical / "matroyshka_adapter.json").write_text(json.dumps({"kind": "vertical", "ratios": [1]}))
+    (horizontal / "matroyshka_adapter.json").write_text(json.dumps({"kind": "horizontal", "ratios": [2]}))
+    auto = MatroyshkaScorer(base, compensation=[str(vertical), str(horizontal)], dtype="fp32", device="cpu")
+    assert auto.adapters_for(Shape(8)) == ["vertical"] and auto.adapters_for(Shape(8, [2], 2)) == ["r2"]
+    assert auto.adapters_for(Shape(8, [2], 4)) == ["vertical"]  # no horizontal adapter for r=4
+    only_vertical = MatroyshkaScorer(base, adapters=[str(vertical)], dtype="fp32", device="cpu")
+    only_r2 = MatroyshkaScorer(base, adapters=[str(horizontal)], dtype="fp32", device="cpu")
+    assert auto.compute_score(golden_pairs, shape="L8") == pytest.approx(only_vertical.compute_score(
+        golden_pairs, shape="L8"), abs=1e-4)
+    assert auto.compute_score(golden_pairs, shape="L8:r2@2") == pytest.approx(only_r2.compute_score(
+        golden_pairs, shape="L8:r2@2"), abs=1e-4)
+    assert pick_adapters(2, {"released": {}}) == ["released"]

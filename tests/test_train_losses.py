@@ -144,3 +144,17 @@ def test_stage1_loss_matches_golden(golden_stage1, variant, name):
     for depth, row in zip(exits, student.detach()):
         assert row.tolist() == pytest.approx(config["student_scores"][str(depth)], abs=1e-4)
     loss.total.backward()  # the compressed pass is differentiable end to end
+
+
+def test_external_weight_scales_only_the_external_terms():
+    import torch
+
+    from train.losses import stage1_loss
+
+    torch.manual_seed(0)
+    student, teacher = torch.randn(3, 8), torch.randn(8)
+    full = stage1_loss(student, [2, 3, 4], 4, external=teacher)
+    half = stage1_loss(student, [2, 3, 4], 4, external=teacher, external_weight=0.5)
+    none = stage1_loss(student, [2, 3, 4], 4)
+    kd = sum(v for (kind, _), v in full.terms.items() if kind == "KD_external")
+    assert torch.isclose(half.total, none.total + 0.5 * kd) and torch.isclose(full.total, none.total + kd)

@@ -2,6 +2,7 @@
 
     python -m train groups --dataset beir/scifact/train --output runs/scifact.groups.jsonl
     python -m train teacher --input runs/scifact.groups.jsonl --output runs/scifact.teacher.jsonl --scorer minilm
+    python -m train split --input runs/scifact.teacher.jsonl --train runs/train.jsonl --holdout runs/holdout.jsonl
     python -m train stage1 --config train/configs/stage1.json --train_data runs/scifact.teacher.jsonl
     torchrun --nproc_per_node 2 -m train stage1 --config train/configs/stage1.json ...   (DDP)
 
@@ -54,6 +55,18 @@ def _teacher(argv: Sequence[str]) -> None:
     add_teacher_scores(a.input, a.output, scorer, verbose=True)
 
 
+def _split(argv: Sequence[str]) -> None:
+    from .groups import split_holdout
+
+    p = argparse.ArgumentParser(prog="python -m train split", description="hold out every n-th group")
+    p.add_argument("--input", required=True, type=Path)
+    p.add_argument("--train", required=True, type=Path)
+    p.add_argument("--holdout", required=True, type=Path)
+    p.add_argument("--every", type=int, default=10)
+    a = p.parse_args(argv)
+    print("train %d, holdout %d groups" % split_holdout(a.input, a.train, a.holdout, a.every))
+
+
 def _stage(stage: str, argv: Sequence[str]) -> None:
     from .config import load_config
     from .stages import run_stage
@@ -75,7 +88,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
                         format=f"%(asctime)s [rank {rank}] %(name)s: %(message)s")
     for noisy in ("transformers", "httpx", "ir_datasets"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    commands = ("groups", "teacher") + STAGES
+    commands = ("groups", "teacher", "split") + STAGES
     if not argv or argv[0] not in commands:
         print(__doc__)
         print(f"commands: {', '.join(commands)}")
@@ -85,6 +98,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         _groups(rest)
     elif command == "teacher":
         _teacher(rest)
+    elif command == "split":
+        _split(rest)
     else:
         _stage(command, rest)
 

@@ -52,6 +52,8 @@ class StageConfig:
     compress_every: int = 4
     keep_prob: float = 0.5
     kd_external: bool = True
+    kd_external_weight: float = 1.0  #: weight of the external-teacher terms (1 = the reference)
+    train_exits: Optional[list[int]] = None  #: exits that get a loss (default all); [last] = plain fine-tuning
     kd_cascade: bool = True
     anchor_spacing: int = 8
     loss_reduction: str = "sum"

@@ -177,3 +177,15 @@ def write_groups(groups: Sequence[dict], summary: GroupsSummary, output: Path) -
     Path(f"{output}.summary.json").write_text(json.dumps(asdict(summary), indent=2))
     log.info("groups of %s -> %s: %s", summary.dataset, output, asdict(summary))
     return output
+
+
+def split_holdout(path: Path, train_out: Path, holdout_out: Path, every: int = 10) -> tuple[int, int]:
+    """Hold out every ``every``-th group of a JSONL file (deterministic, file order) for choices made
+    on training data only; returns (train, holdout) counts."""
+    lines = [line for line in Path(path).read_text().splitlines() if line.strip()]
+    holdout = [line for i, line in enumerate(lines) if i % every == every - 1]
+    train = [line for i, line in enumerate(lines) if i % every != every - 1]
+    for out, part in ((train_out, train), (holdout_out, holdout)):
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text("".join(line + "\n" for line in part))
+    return len(train), len(holdout)

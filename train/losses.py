@@ -82,7 +82,7 @@ def _reduce(parts: dict[str, list[torch.Tensor]], reduction: str) -> torch.Tenso
 
 def stage1_loss(student: torch.Tensor, exits: Sequence[int], group_size: int, *,
                 external: Optional[torch.Tensor] = None, uncompressed: Optional[dict[int, torch.Tensor]] = None,
-                anchor_spacing: int = 8, reduction: str = "sum") -> LossTerms:
+                anchor_spacing: int = 8, reduction: str = "sum", external_weight: float = 1.0) -> LossTerms:
     """Cascaded self-distillation loss (spec 7.4).
 
     Args:
@@ -92,6 +92,8 @@ def stage1_loss(student: torch.Tensor, exits: Sequence[int], group_size: int, *,
             (detached here); ``None`` leaves out ``KD_cascade``.
         reduction: ``"sum"`` adds every term (the reference); ``"mean"`` averages each kind over its
             exits and adds the three averages (rescale the learning rate, B5).
+        external_weight: multiplies every ``KD_external`` term (1 = the reference); lower it when the
+            external teacher is weak on the training domain.
     """
     if student.shape[0] != len(exits):
         raise ValueError(f"{student.shape[0]} score rows for {len(exits)} exits")
@@ -103,7 +105,7 @@ def stage1_loss(student: torch.Tensor, exits: Sequence[int], group_size: int, *,
     for row, depth in enumerate(exits):
         values = {"CE": hard_ce(scores[row])}
         if target is not None:
-            values["KD_external"] = soft_ce(scores[row], target)
+            values["KD_external"] = external_weight * soft_ce(scores[row], target)
         anchor = anchors.get(depth)
         if anchor is not None:
             if anchor not in uncompressed:

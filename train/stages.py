@@ -123,7 +123,7 @@ class Trainer:
             require_teacher_scores(self.groups)
         self.peft_model, self.core, self.tokenizer = build_model(config, self.runtime)
         core: MatroyshkaModel = self.core
-        self.exits = core.exit_depths
+        self.exits = self._train_exits(core.exit_depths)
         layers = candidate_layers(core.num_layers, core.start_layer, config.compress_layers, config.compress_every)
         self.sampler = ShapeSampler(self.exits, config.ratios, layers, config.keep_prob, config.seed)
         self.anchor_shape = self._anchor_shape()
@@ -144,6 +144,13 @@ class Trainer:
         self.step = 0
         self.bugs = frozenset(config.reference_bugs)
         self.history: list[dict] = []
+
+    def _train_exits(self, available: list[int]) -> list[int]:
+        wanted = self.config.train_exits or available
+        missing = [e for e in wanted if e not in available]
+        if missing:
+            raise ValueError(f"train_exits {missing} are not exits of this model ({available[0]}..{available[-1]})")
+        return sorted(wanted)
 
     def _anchor_shape(self) -> Optional[Shape]:
         if not self.config.kd_cascade:
@@ -176,7 +183,8 @@ class Trainer:
                 uncompressed = self._uncompressed(inputs, student, shape)
             external = batch["teacher_scores"] if self.config.kd_external else None
             return stage1_loss(student, self.exits, group, external=external, uncompressed=uncompressed,
-                               anchor_spacing=self.config.anchor_spacing, reduction=self.config.loss_reduction)
+                               anchor_spacing=self.config.anchor_spacing, reduction=self.config.loss_reduction,
+                               external_weight=self.config.kd_external_weight)
 
     def _uncompressed(self, inputs, student: torch.Tensor, shape: Shape) -> dict[int, torch.Tensor]:
         """Anchor scores without compression, under ``no_grad`` and without dropout (a clean target; also

@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# The SmolLM2-135M Matroyshka recipe on SciFact train, sized for a 2-core CPU (~100 min).
+#
+#   groups (BM25 ranks 10-99 negatives) -> MiniLM teacher logits -> 90/10 split (holdout for choices)
+#   stage 1 (cascaded self-distillation) -> stage 2 (vertical LoRA) -> stage 3 (horizontal LoRA, r=2, r=4)
+#   plus the ablation "naive early exit": the same base fine-tuned with CE at its last exit only.
+#
+# Two single-threaded chains run side by side (one thread per process is fastest on a shared 2-core
+# machine). Every finished stage leaves matroyshka_adapter.json and is skipped on a rerun; an interrupted
+# stage resumes from its last checkpoint. Settings: RUNS, DATA, KD_WEIGHT, COMP_STEPS, COMP_LR.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PY:-.venv/bin/python}
+RUNS=${RUNS:-runs/smollm2}
+DATA=${DATA:-runs/scifact}
+KD_WEIGHT=${KD_WEIGHT:-1.0}     # weight of the external (MiniLM) distillation terms
+COMP_STEPS=${COMP_STEPS:-25}    # optimizer steps (x 8 queries) of each compensation adapter
+COMP_LR=${COMP_LR:-1e-4}        # the reference's 2e-5 barely moves a fresh LoRA in 25 steps
+COMMON=(--train_data "$DATA/train.jsonl" --lora_dropout 0)
+mkdir -p "$RUNS" "$DATA"
+
+finished() { [ -f "$1/matroyshka_adapter.json" ]; }
+stage() {  # stage <output_dir> <stage> [args...]
+  local out=$1 name=$2; shift 2
+  if finished "$out"; then echo "[recipe] $out done, skipped"; return; fi
+  echo "[recipe] $(date +%T) $name -> $out"
+  "$PY" -m train "$name" --config "train/configs/$name.json" --output_dir "$out" "${COMMON[@]}" "$@" \
+      > "$out.log" 2>&1
+  echo "[recipe] $(date +%T) $out finished"
+}
+
+[ -s "$DATA/groups.jsonl" ] || "$PY" -m train groups --dataset beir/scifact/train --output "$DATA/groups.jsonl"
+[ -s "$DATA/groups.teacher.jsonl" ] || "$PY" -m train teacher --input "$DATA/groups.jsonl" \
+    --output "$DATA/groups.teacher.jsonl" --scorer minilm
+[ -s "$DATA/holdout.jsonl" ] || "$PY" -m train split --input "$DATA/groups.teacher.jsonl" \
+    --train "$DATA/train.jsonl" --holdout "$DATA/holdout.jsonl" --every 10
+
+chain_matroyshka() {
+  stage "$RUNS/stage1" stage1 --kd_external_weight "$KD_WEIGHT"
+  stage "$RUNS/stage2_vertical" stage2 --merge_adapters "$RUNS/stage1" --max_steps "$COMP_STEPS" --lr "$COMP_LR"
+  stage "$RUNS/stage3_r2" stage3 --merge_adapters "$RUNS/stage1" --ratios 2 --max_steps "$COMP_STEPS" --lr "$COMP_LR"
+}
+chain_ablation() {
+  local last
+  last=$("$PY" -c "from transformers import AutoConfig; from pyterrier_matroyshka.offline import resolve_pretrained as r; \
+print(AutoConfig.from_pretrained(r('HuggingFaceTB/SmolLM2-135M-Instruct')).num_hidden_layers)")
+  stage "$RUNS/naive_last_exit" stage2 --merge_adapters "[]" --train_exits "$last" --lr 2e-4
+  while ! finished "$RUNS/stage1"; do sleep 30; done
+  stage "$RUNS/stage3_r4" stage3 --merge_adapters "$RUNS/stage1" --ratios 4 --max_steps "$COMP_STEPS" --lr "$COMP_LR"
+}
+chain_matroyshka & first=$!
+chain_ablation & second=$!
+wait $first && wait $second
+echo "[recipe] $(date +%T) all stages finished: $(ls -d "$RUNS"/*/ | tr '\n' ' ')"
