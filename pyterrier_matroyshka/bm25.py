@@ -20,7 +20,6 @@ import re
 import shutil
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 
 import pandas as pd
 import pyterrier as pt

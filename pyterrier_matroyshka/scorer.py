@@ -10,7 +10,6 @@ Usage follows the reference README::
 from __future__ import annotations
 
 import logging
-import math
 from typing import Optional, Sequence, Union
 
 import torch

@@ -5,7 +5,6 @@ import logging
 
 import pytest
 import torch
-from transformers import AutoModel
 
 from pyterrier_matroyshka import MatroyshkaScorer, Shape
 

@@ -1,7 +1,6 @@
 """The notebooks run offline, end to end, at a small size (MATROYSHKA_NB_SMALL=1)."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
