@@ -52,3 +52,4 @@ chain_matroyshka & first=$!
 chain_ablation & second=$!
 wait $first && wait $second
 echo "[recipe] $(date +%T) all stages finished: $(ls -d "$RUNS"/*/ | tr '\n' ' ')"
+bash train/ship.sh
