@@ -37,8 +37,12 @@ def first_stage(dataset: str, num_results: int = 100, run: Optional[str] = None)
     return bm25(dataset, num_results=num_results)(topics)
 
 
-def evaluate(run: pd.DataFrame, qrels: pd.DataFrame, measures: Sequence = DEFAULT_MEASURES) -> dict[str, float]:
-    """Aggregate ``measures`` of a results frame (qid, docno, score) against PyTerrier-style qrels."""
+def evaluate(run: pd.DataFrame, qrels: pd.DataFrame, measures: Sequence = DEFAULT_MEASURES,
+             queries: Optional[Sequence[str]] = None) -> dict[str, float]:
+    """Mean ``measures`` of a results frame (qid, docno, score) against PyTerrier-style qrels, over
+    ``queries`` (default: the run's queries; a query left without results counts as 0)."""
+    keep = set(run["qid"]) if queries is None else set(queries)
+    qrels = qrels[qrels["qid"].isin(keep)]
     qrels = qrels.rename(columns={"docno": "doc_id", "qid": "query_id", "label": "relevance"})
     results = run.rename(columns={"docno": "doc_id", "qid": "query_id"})[["query_id", "doc_id", "score"]]
     values = ir_measures.calc_aggregate(list(measures), qrels, results)
@@ -50,6 +54,7 @@ def compare(candidates: pd.DataFrame, qrels: pd.DataFrame, systems: dict[str, Op
     """One row per system (``None`` = the candidates as they are): measures, GFLOP/pair, seconds."""
     rows = []
     lengths = None
+    queries = candidates["qid"].unique()
     for name, system in systems.items():
         start = time.perf_counter()
         run = candidates if system is None else system(candidates)
@@ -58,7 +63,7 @@ def compare(candidates: pd.DataFrame, qrels: pd.DataFrame, systems: dict[str, Op
         if isinstance(system, MatroyshkaReRanker):
             lengths = lengths or mean_lengths(system, candidates)
             flops = system.scorer.flops(system.shape, *lengths) / 1e9
-        rows.append({"name": name, **evaluate(run, qrels, measures), "GFLOP/pair": flops,
+        rows.append({"name": name, **evaluate(run, qrels, measures, queries), "GFLOP/pair": flops,
                      "seconds": seconds if system is not None else float("nan")})
     return pd.DataFrame(rows)
 

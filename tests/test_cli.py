@@ -51,3 +51,14 @@ def test_malformed_run_names_the_line(tmp_path, tiny_checkpoint, data_dir):
 
 def test_default_shapes_for_30_layers():
     assert default_shapes(list(range(4, 31))) == ["L30", "L20", "L10", "L30:r2@4", "L30:r4@4"]
+
+
+def test_evaluate_averages_over_the_run_queries_only(data_dir):
+    import pandas as pd
+
+    from pyterrier_matroyshka.experiment import evaluate
+
+    qrels = pd.DataFrame({"qid": ["1", "2", "3"], "docno": ["a", "b", "c"], "label": [1, 1, 1]})
+    run = pd.DataFrame({"qid": ["1", "2"], "docno": ["a", "x"], "score": [1.0, 1.0]})
+    assert evaluate(run, qrels)["RR@10"] == 0.5  # query 3 is not part of this experiment
+    assert evaluate(run, qrels, queries=["1", "2", "3"])["RR@10"] == pytest.approx(1 / 3)
