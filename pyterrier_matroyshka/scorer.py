@@ -9,7 +9,6 @@ Usage follows the reference README::
 """
 from __future__ import annotations
 
-import logging
 from typing import Optional, Sequence, Union
 
 import torch
@@ -20,7 +19,6 @@ from .model import MatroyshkaModel, reference_bug_set
 from .prompt import PromptEncoder
 from .shape import Shape, ShapeLike
 
-log = logging.getLogger(__name__)
 
 Pair = tuple[str, str]
 Scores = Union[list[float], list[list[float]]]
@@ -172,14 +170,12 @@ class MatroyshkaScorer:
                       batch_size: Optional[int] = None, max_length: Optional[int] = None,
                       query_max_length: Optional[int] = None, normalize: Optional[bool] = None,
                       prompt: Optional[str] = None, adapters: Optional[Sequence[str]] = None,
-                      verbose: Optional[bool] = None, **_ignored) -> Scores:
+                      verbose: Optional[bool] = None) -> Scores:
         """Score (query, passage) pairs.
 
         Returns a list of N floats for a one-exit shape, else ``[n_exits][N]`` in ascending depth.
         Results are in input order; pairs are length-sorted into batches internally.
         """
-        if _ignored:
-            log.debug("ignored reference-only arguments: %s", sorted(_ignored))
         shape = shape_from_reference_kwargs(shape, cutoff_layers, compress_layers, compress_ratio, self.shape)
         shape.validate(self.exits)
         pairs = _as_pairs(pairs)
