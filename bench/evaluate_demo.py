@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from pyterrier_matroyshka import MatroyshkaReRanker, MatroyshkaScorer, Shape  # noqa: E402
-from pyterrier_matroyshka.experiment import evaluate, first_stage  # noqa: E402
+from pyterrier_matroyshka.experiment import evaluate, first_stage, mean_lengths  # noqa: E402
 
 BASE = "HuggingFaceTB/SmolLM2-135M-Instruct"
 RUNS = ROOT / "runs" / "smollm2"
@@ -70,20 +70,13 @@ def run_system(name: str, frame: pd.DataFrame, qrels: pd.DataFrame, max_length: 
         start = time.perf_counter()
         out = MatroyshkaReRanker(scorer=scorer, shape=shape)(frame)
         seconds = time.perf_counter() - start
-        lengths = mean_lengths(scorer, frame)
+        lengths = mean_lengths(MatroyshkaReRanker(scorer=scorer), frame)
         for depth in EXITS:
             single = Shape(depth, [COMPRESS_AT], ratio) if ratio > 1 and COMPRESS_AT < depth else Shape(depth)
             run = out.assign(score=out[f"score_L{depth}"])
             results[str(single)] = {**evaluate(run, qrels, queries=frame.qid.unique()), "gflops": scorer.flops(single, *lengths) / 1e9,
                                     "pass_seconds": seconds, "pass_shape": str(shape)}
     return results
-
-
-def mean_lengths(scorer: MatroyshkaScorer, frame: pd.DataFrame) -> tuple[int, int, int]:
-    encoded = scorer.encoder().encode(list(zip(frame["query"], frame["text"])))
-    n = len(encoded)
-    return (round(sum(e.query_len for e in encoded) / n), round(sum(e.passage_len for e in encoded) / n),
-            round(sum(e.prompt_len for e in encoded) / n))
 
 
 def report(out: Path) -> str:
