@@ -78,6 +78,16 @@ def raw_qwen2(tmp_path_factory, tiny_checkpoint) -> Path:
     return build_raw_base(tmp_path_factory.mktemp("qwen2"), tiny_checkpoint, "qwen2")
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """One CPU thread: tiny ops on a shared 2-core machine are many times faster than with two (the
+    second thread waits for a time slice at every op)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def golden_pairs(golden) -> list[tuple[str, str]]:
     return [(p["query"], p["passage"]) for p in golden["pairs"]]

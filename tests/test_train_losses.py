@@ -12,14 +12,7 @@ from pyterrier_matroyshka.shape import Shape
 from train.losses import by_group, cascade_anchors, ce_loss, hard_ce, soft_ce, stage1_loss
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One CPU thread: tiny ops on a shared 2-core machine are many times faster than with two (the
-    second thread waits for a time slice at every op)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _log_softmax(row: list[float]) -> list[float]:

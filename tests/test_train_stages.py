@@ -17,17 +17,10 @@ from train.stages import ADAPTER_INFO, Trainer
 from train.testing import toy_groups, tiny_base
 
 GOLDEN = shared_golden_dir()
-pytestmark = pytest.mark.skipif(GOLDEN is None, reason="needs the Mistral tokenizer of ../shared/golden")
+pytestmark = [pytest.mark.skipif(GOLDEN is None, reason="needs the Mistral tokenizer of ../shared/golden"),
+              pytest.mark.usefixtures("one_thread")]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One CPU thread: tiny ops on a shared 2-core machine are many times faster than with two (the
-    second thread waits for a time slice at every op)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 PAIRS = [("apple banana cherry", "apple banana cherry apple banana cherry"),
          ("apple banana cherry", "tiger umbrella violet walnut xenon zebra")]
