@@ -1,14 +1,17 @@
 """Evaluate the trained demo model across shapes, with its ablations, on real collections.
 
-For each dataset, BM25 top-k candidates of the first N queries are re-ranked by: the MiniLM teacher,
-the zero-shot SmolLM2 base, the base fine-tuned at its last exit only ("naive", then cut at earlier
-exits), stage 1 only, and stage 1 + compensation (the shipped model). Every exit of a model comes
-from one multi-exit pass per compression ratio, so a grid costs a few passes. Results go to one JSON
-file per (dataset, system) in --out (finished ones are skipped), and --report prints the tables.
+Three steps, so the expensive one runs wherever there is compute (it needs only torch, transformers, peft
+and pandas, not PyTerrier):
 
-    python bench/evaluate_demo.py --systems teacher zero_shot naive      # one process
-    python bench/evaluate_demo.py --systems stage1 matroyshka            # another, in parallel
-    python bench/evaluate_demo.py --report
+    python bench/evaluate_demo.py candidates              # BM25 top-k with texts -> runs/eval/*.parquet
+    python bench/evaluate_demo.py score --systems zero_shot naive stage1 matroyshka teacher
+    python bench/evaluate_demo.py evaluate                # scores + qrels -> bench/results/*.json
+    python bench/evaluate_demo.py report                  # the tables (README, model card)
+
+Systems: the MiniLM teacher, the zero-shot SmolLM2 base, the base fine-tuned at its last exit only
+("naive", cut at earlier exits), stage 1 only, and stage 1 + compensation (the shipped model). Every exit
+of a model comes from one multi-exit pass per compression ratio. ``score`` also times each single shape
+on the same fixed sample of pairs, so the time column compares shapes on equal work.
 """
 from __future__ import annotations
 
@@ -24,112 +27,215 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from pyterrier_matroyshka import MatroyshkaReRanker, MatroyshkaScorer, Shape  # noqa: E402
-from pyterrier_matroyshka.experiment import evaluate, first_stage, mean_lengths  # noqa: E402
+from pyterrier_matroyshka.scorer import MatroyshkaScorer  # noqa: E402
+from pyterrier_matroyshka.shape import Shape  # noqa: E402
 
 BASE = "HuggingFaceTB/SmolLM2-135M-Instruct"
-RUNS = ROOT / "runs" / "smollm2"
-SHIPPED = ROOT / "models" / "matroyshka-smollm2-scifact"
 EXITS = [6, 10, 15, 20, 30]           # about 1/5, 1/3, 1/2, 2/3 and all of 30 layers
 RATIOS = [1, 2, 4]
-COMPRESS_AT = 4                      # an early compression layer (the first exit depth)
-DATASETS = {"beir/scifact/test": 80, "local/msmarco-passage-dl19": 43, "vaswani": 40}
+COMPRESS_AT = 4                      # an early compression layer (below the first exit)
+DATASETS = ["beir/scifact/test", "local/msmarco-passage-dl19", "vaswani"]
+SYSTEMS = ("teacher", "zero_shot", "naive", "stage1", "matroyshka")
+TIMING_PAIRS = 512
 
 
-def systems() -> dict[str, dict]:
-    """name -> how to build the scorer (adapters merged / compensation) and which ratios to run."""
-    shipped = {k: str(SHIPPED / k) for k in ("vertical", "r2", "r4")}
-    return {
-        "zero_shot": dict(adapters=None, ratios=[1]),
-        "naive": dict(adapters=[str(RUNS / "naive_last_exit")], ratios=[1]),
-        "stage1": dict(adapters=[str(SHIPPED / "stage1")], ratios=RATIOS),
-        "matroyshka": dict(adapters=[str(SHIPPED / "stage1")], compensation=shipped, ratios=RATIOS),
-    }
+def tag(dataset: str) -> str:
+    return dataset.replace("/", "_")
 
 
-def candidates(dataset: str, queries: int, top_k: int) -> pd.DataFrame:
+def single_shape(depth: int, ratio: int) -> Shape:
+    return Shape(depth, [COMPRESS_AT], ratio) if ratio > 1 and COMPRESS_AT < depth else Shape(depth)
+
+
+# -- step 1: candidates ---------------------------------------------------------------------------------
+def write_candidates(dataset: str, top_k: int, queries: int | None, folder: Path) -> None:
+    """BM25 top-``top_k`` of the first ``queries`` topics (all by default), texts kept once per document."""
+    from pyterrier_matroyshka.collections import pt_dataset
+    from pyterrier_matroyshka.experiment import first_stage
+
     frame = first_stage(dataset, top_k)
     frame = frame[frame["rank"] < top_k]
     keep = list(dict.fromkeys(frame["qid"]))[:queries]
-    return frame[frame["qid"].isin(keep)].reset_index(drop=True)
+    frame = frame[frame["qid"].isin(keep)].reset_index(drop=True)
+    folder.mkdir(parents=True, exist_ok=True)
+    frame[["qid", "query", "docno", "rank", "score"]].to_parquet(folder / f"{tag(dataset)}.run.parquet")
+    frame[["docno", "text"]].drop_duplicates("docno").to_parquet(folder / f"{tag(dataset)}.docs.parquet")
+    qrels = pt_dataset(dataset).get_qrels()
+    qrels[qrels["qid"].isin(keep)].to_parquet(folder / f"{tag(dataset)}.qrels.parquet")
+    print(f"{dataset}: {len(keep)} queries, {len(frame)} pairs, {frame.docno.nunique()} documents")
 
 
-def run_system(name: str, frame: pd.DataFrame, qrels: pd.DataFrame, max_length: int) -> dict:
-    if name == "teacher":
-        from pyterrier_matroyshka.teacher import MiniLMCrossEncoder
+def read_candidates(dataset: str, folder: Path) -> pd.DataFrame:
+    run = pd.read_parquet(folder / f"{tag(dataset)}.run.parquet")
+    docs = pd.read_parquet(folder / f"{tag(dataset)}.docs.parquet")
+    return run.merge(docs, on="docno", how="left", validate="many_to_one")
 
-        start = time.perf_counter()
-        out = MiniLMCrossEncoder()(frame)
-        return {"teacher": {**evaluate(out, qrels, queries=frame.qid.unique()), "seconds": time.perf_counter() - start}}
-    spec = systems()[name]
+
+# -- step 2: scores -------------------------------------------------------------------------------------
+def system_specs(shipped: Path, naive: Path) -> dict[str, dict]:
+    """name -> how to build the scorer (adapters merged / compensation kept switchable) and its ratios."""
+    compensation = {k: str(shipped / k) for k in ("vertical", "r2", "r4")}
+    return {
+        "zero_shot": dict(adapters=None, ratios=[1]),
+        "naive": dict(adapters=[str(naive)], ratios=[1]),
+        "stage1": dict(adapters=[str(shipped / "stage1")], ratios=RATIOS),
+        "matroyshka": dict(adapters=[str(shipped / "stage1")], compensation=compensation, ratios=RATIOS),
+    }
+
+
+def timed(fn, device: torch.device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    result = fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return result, time.perf_counter() - start
+
+
+def score_system(name: str, spec: dict, frames: dict[str, pd.DataFrame], args) -> dict[str, tuple[pd.DataFrame, dict]]:
+    """Per dataset: a frame of score columns (one per single shape) and timings."""
     scorer = MatroyshkaScorer(BASE, adapters=spec["adapters"], compensation=spec.get("compensation"),
-                              max_length=max_length, batch_size=16)
-    results = {}
+                              max_length=args.max_length, batch_size=args.batch_size)
+    out = {}
+    for dataset, frame in frames.items():
+        pairs = list(zip(frame["query"], frame["text"]))
+        scores, timing = frame[["qid", "docno"]].copy(), {"device": str(scorer.device), "pairs": len(pairs)}
+        for ratio in spec["ratios"]:
+            grid = Shape(EXITS, [COMPRESS_AT], ratio) if ratio > 1 else Shape(EXITS)
+            per_exit, seconds = timed(lambda: scorer.compute_score(pairs, shape=grid), scorer.device)
+            timing[f"pass {grid}"] = seconds
+            for depth, column in zip(EXITS, per_exit):
+                scores[f"score_{single_shape(depth, ratio)}"] = column
+        out[dataset] = (scores, timing)
+    sample = list(zip(*[next(iter(frames.values()))[c][:TIMING_PAIRS] for c in ("query", "text")]))
+    scorer.compute_score(sample[:args.batch_size], shape=Shape(EXITS[-1]))  # warm-up
+    per_shape = {}
     for ratio in spec["ratios"]:
-        shape = Shape(EXITS, [COMPRESS_AT], ratio) if ratio > 1 else Shape(EXITS)
-        start = time.perf_counter()
-        out = MatroyshkaReRanker(scorer=scorer, shape=shape)(frame)
-        seconds = time.perf_counter() - start
-        lengths = mean_lengths(MatroyshkaReRanker(scorer=scorer), frame)
         for depth in EXITS:
-            single = Shape(depth, [COMPRESS_AT], ratio) if ratio > 1 and COMPRESS_AT < depth else Shape(depth)
-            run = out.assign(score=out[f"score_L{depth}"])
-            results[str(single)] = {**evaluate(run, qrels, queries=frame.qid.unique()), "gflops": scorer.flops(single, *lengths) / 1e9,
-                                    "pass_seconds": seconds, "pass_shape": str(shape)}
-    return results
+            shape = single_shape(depth, ratio)
+            per_shape[str(shape)] = timed(lambda: scorer.compute_score(sample, shape=shape), scorer.device)[1]
+    lengths = mean_token_lengths(scorer, sample)
+    flops = {str(single_shape(d, r)): scorer.flops(single_shape(d, r), *lengths) / 1e9
+             for r in spec["ratios"] for d in EXITS}
+    for dataset in out:
+        out[dataset][1].update(shape_seconds=per_shape, timing_pairs=len(sample), gflops=flops)
+    return out
+
+
+def mean_token_lengths(scorer: MatroyshkaScorer, pairs) -> tuple[int, int, int]:
+    encoded = scorer.encoder().encode(pairs)
+    n = len(encoded)
+    return (round(sum(e.query_len for e in encoded) / n), round(sum(e.passage_len for e in encoded) / n),
+            round(sum(e.prompt_len for e in encoded) / n))
+
+
+def score_teacher(frames: dict[str, pd.DataFrame]) -> dict[str, tuple[pd.DataFrame, dict]]:
+    from pyterrier_matroyshka.teacher import MiniLMCrossEncoder
+
+    teacher, out = MiniLMCrossEncoder(), {}
+    for dataset, frame in frames.items():
+        start = time.perf_counter()
+        scored = teacher(frame)
+        out[dataset] = (scored[["qid", "docno"]].assign(score_teacher=scored["score"].to_numpy()),
+                        {"device": "cpu", "pairs": len(frame), "pass teacher": time.perf_counter() - start})
+    return out
+
+
+def write_scores(args) -> None:
+    frames = {d: read_candidates(d, args.candidates) for d in args.datasets}
+    specs = system_specs(args.shipped, args.naive)
+    for name in args.systems:
+        if all((args.scores / f"{tag(d)}__{name}.parquet").exists() for d in frames):
+            continue
+        print(f"{time.strftime('%T')} scoring {name}", flush=True)
+        results = score_teacher(frames) if name == "teacher" else score_system(name, specs[name], frames, args)
+        for dataset, (scores, timing) in results.items():
+            args.scores.mkdir(parents=True, exist_ok=True)
+            scores.to_parquet(args.scores / f"{tag(dataset)}__{name}.parquet")
+            (args.scores / f"{tag(dataset)}__{name}.timing.json").write_text(json.dumps(timing, indent=1))
+
+
+# -- step 3: metrics ------------------------------------------------------------------------------------
+def write_metrics(args) -> None:
+    from pyterrier_matroyshka.experiment import evaluate
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    for dataset in args.datasets:
+        run = pd.read_parquet(args.candidates / f"{tag(dataset)}.run.parquet")
+        qrels = pd.read_parquet(args.candidates / f"{tag(dataset)}.qrels.parquet")
+        queries = run["qid"].unique()
+        meta = {**evaluate(run, qrels, queries=queries), "queries": len(queries),
+                "top_k": int(run["rank"].max()) + 1, "pairs": len(run)}
+        (args.out / f"{tag(dataset)}__bm25.json").write_text(json.dumps(meta, indent=1))
+        for name in SYSTEMS:
+            file = args.scores / f"{tag(dataset)}__{name}.parquet"
+            if not file.exists():
+                continue
+            scores = pd.read_parquet(file)
+            timing = json.loads(file.with_suffix(".timing.json").read_text())
+            results = {}
+            for column in [c for c in scores.columns if c.startswith("score_")]:
+                shape = column.removeprefix("score_")
+                metrics = evaluate(scores.rename(columns={column: "score"}), qrels, queries=queries)
+                results[shape] = {**metrics, "gflops": timing.get("gflops", {}).get(shape),
+                                  "ms_per_pair": 1000 * timing["shape_seconds"][shape] / timing["timing_pairs"]
+                                  if "shape_seconds" in timing else None, "device": timing["device"]}
+            (args.out / f"{tag(dataset)}__{name}.json").write_text(json.dumps(results, indent=1))
 
 
 def report(out: Path) -> str:
     lines = []
     for dataset in DATASETS:
-        tag = dataset.replace("/", "_")
-        files = {p.stem.split("__")[1]: json.loads(p.read_text()) for p in out.glob(f"{tag}__*.json")}
+        files = {p.stem.split("__")[1]: json.loads(p.read_text()) for p in out.glob(f"{tag(dataset)}__*.json")}
         if not files:
             continue
         meta = files.pop("bm25")
         lines += [f"\n### {dataset}: {meta['queries']} queries, BM25 top-{meta['top_k']} re-ranked\n",
-                  "| system | shape | nDCG@10 | RR@10 | GFLOP/pair |", "|---|---|---|---|---|",
-                  f"| BM25 | - | {meta['nDCG@10']:.4f} | {meta['RR@10']:.4f} | - |"]
-        if "teacher" in files:
-            t = files.pop("teacher")["teacher"]
-            lines.append(f"| MiniLM-L12 teacher | - | {t['nDCG@10']:.4f} | {t['RR@10']:.4f} | - |")
-        for name in ("zero_shot", "naive", "stage1", "matroyshka"):
-            for shape, r in sorted(files.get(name, {}).items(), key=lambda kv: (-kv[1]["gflops"])):
-                lines.append(f"| {name} | {shape} | {r['nDCG@10']:.4f} | {r['RR@10']:.4f} | {r['gflops']:.2f} |")
+                  "| system | shape | nDCG@10 | RR@10 | GFLOP/pair | ms/pair |", "|---|---|---|---|---|---|",
+                  f"| BM25 | - | {meta['nDCG@10']:.4f} | {meta['RR@10']:.4f} | - | - |"]
+        for name in SYSTEMS:
+            rows = sorted(files.get(name, {}).items(), key=lambda kv: -(kv[1]["gflops"] or 0))
+            for shape, r in rows:
+                label = "MiniLM-L12 teacher" if name == "teacher" else name
+                cost = "-" if r["gflops"] is None else f"{r['gflops']:.2f}"
+                ms = "-" if r["ms_per_pair"] is None else f"{r['ms_per_pair']:.2f}"
+                lines.append(f"| {label} | {'-' if name == 'teacher' else shape} | {r['nDCG@10']:.4f} | "
+                             f"{r['RR@10']:.4f} | {cost} | {ms} |")
     return "\n".join(lines)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--systems", nargs="*", default=["teacher", "zero_shot", "naive", "stage1", "matroyshka"])
-    parser.add_argument("--datasets", nargs="*", default=list(DATASETS))
-    parser.add_argument("--top-k", type=int, default=20)
-    parser.add_argument("--max-length", type=int, default=128, help="passage token budget (trained at 128)")
-    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("step", choices=["candidates", "score", "evaluate", "report"])
+    parser.add_argument("--datasets", nargs="*", default=DATASETS)
+    parser.add_argument("--systems", nargs="*", default=list(SYSTEMS))
+    parser.add_argument("--top-k", type=int, default=100)
+    parser.add_argument("--queries", type=int, nargs="*", default=None,
+                        help="candidates: first N topics, one N for all datasets or one per dataset (default all)")
+    parser.add_argument("--max-length", type=int, default=192, help="passage token budget (as trained)")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--candidates", type=Path, default=ROOT / "runs" / "eval" / "candidates")
+    parser.add_argument("--scores", type=Path, default=ROOT / "runs" / "eval" / "scores")
+    parser.add_argument("--shipped", type=Path, default=ROOT / "models" / "matroyshka-smollm2-scifact")
+    parser.add_argument("--naive", type=Path, default=ROOT / "runs" / "smollm2" / "naive_last_exit")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
-    parser.add_argument("--report", action="store_true")
     args = parser.parse_args()
-    args.out.mkdir(parents=True, exist_ok=True)
-    if args.report:
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.step == "candidates":
+        counts = args.queries or [None]
+        if len(counts) not in (1, len(args.datasets)):
+            parser.error(f"--queries takes one number or one per dataset ({len(args.datasets)})")
+        for dataset, count in zip(args.datasets, counts * len(args.datasets) if len(counts) == 1 else counts):
+            write_candidates(dataset, args.top_k, count, args.candidates)
+    elif args.step == "score":
+        write_scores(args)
+    elif args.step == "evaluate":
+        write_metrics(args)
+    else:
         print(report(args.out))
-        return
-    torch.set_num_threads(args.threads)
-    from pyterrier_matroyshka.collections import pt_dataset
-
-    for dataset in args.datasets:
-        tag = dataset.replace("/", "_")
-        frame = candidates(dataset, DATASETS[dataset], args.top_k)
-        qrels = pt_dataset(dataset).get_qrels()
-        bm25_file = args.out / f"{tag}__bm25.json"
-        if not bm25_file.exists():
-            bm25_file.write_text(json.dumps({**evaluate(frame, qrels), "queries": int(frame.qid.nunique()),
-                                             "top_k": args.top_k, "pairs": len(frame)}))
-        for name in args.systems:
-            target = args.out / f"{tag}__{name}.json"
-            if target.exists():
-                continue
-            print(f"{time.strftime('%T')} {dataset} {name}", flush=True)
-            target.write_text(json.dumps(run_system(name, frame, qrels, args.max_length), indent=1))
 
 
 if __name__ == "__main__":

@@ -2,9 +2,18 @@
 chosen at run time."""
 from .checkpoint import load_model
 from .prompt import DEFAULT_PROMPT, PromptEncoder
-from .reranker import MatroyshkaReRanker
 from .scorer import MatroyshkaScorer
 from .shape import BackboneDims, Shape
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    # The PyTerrier face is imported on first use, so the engine (scoring, training) runs where only
+    # torch, transformers and peft are installed, e.g. on a bare GPU machine.
+    if name == "MatroyshkaReRanker":
+        from .reranker import MatroyshkaReRanker
+
+        return MatroyshkaReRanker
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 __all__ = ["MatroyshkaReRanker", "MatroyshkaScorer", "Shape", "BackboneDims", "PromptEncoder", "DEFAULT_PROMPT", "load_model"]

@@ -148,14 +148,15 @@ def yes_token_id(tokenizer) -> int:
 
 
 def adapter_items(adapters: AdapterSpec) -> list[tuple[str, str]]:
-    """``(name, folder)`` pairs; unnamed adapters are called after their folder."""
+    """``(name, folder)`` pairs; unnamed adapters are called after their folder (with '.', which PyTorch
+    module names cannot hold, read as '_')."""
     if adapters is None:
         return []
     if isinstance(adapters, (str, os.PathLike)):
         adapters = [adapters]
     if isinstance(adapters, Mapping):
         return [(str(k), str(v)) for k, v in adapters.items()]
-    return [(Path(path).name or f"adapter_{i}", str(path)) for i, path in enumerate(adapters)]
+    return [(Path(path).name.replace(".", "_") or f"adapter_{i}", str(path)) for i, path in enumerate(adapters)]
 
 
 def apply_adapters(model: MatroyshkaModel, adapters: AdapterSpec, merge: bool = True):

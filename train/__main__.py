@@ -2,6 +2,7 @@
 
     python -m train groups --dataset beir/scifact/train --output runs/scifact.groups.jsonl
     python -m train teacher --input runs/scifact.groups.jsonl --output runs/scifact.teacher.jsonl --scorer minilm
+    python -m train holdout --data runs/holdout.jsonl --adapters runs/stage1 --shapes L30 L10
     python -m train split --input runs/scifact.teacher.jsonl --train runs/train.jsonl --holdout runs/holdout.jsonl
     python -m train stage1 --config train/configs/stage1.json --train_data runs/scifact.teacher.jsonl
     torchrun --nproc_per_node 2 -m train stage1 --config train/configs/stage1.json ...   (DDP)
@@ -78,6 +79,29 @@ def _export(argv: Sequence[str]) -> None:
     print(export_adapter(a.adapter, a.output, a.rank))
 
 
+def _holdout(argv: Sequence[str]) -> None:
+    import json
+
+    from .holdout import existing, holdout_report
+
+    p = argparse.ArgumentParser(prog="python -m train holdout", description="RR@10/nDCG@10 on held-out groups")
+    p.add_argument("--data", required=True, nargs="+")
+    p.add_argument("--model", default="HuggingFaceTB/SmolLM2-135M-Instruct")
+    p.add_argument("--adapters", nargs="*", default=[], help="adapter folders merged in order")
+    p.add_argument("--shapes", nargs="+", default=["L30"])
+    p.add_argument("--max_length", type=int, default=192)
+    p.add_argument("--batch_size", type=int, default=64)
+    p.add_argument("--dtype", default="auto")
+    p.add_argument("--output", type=Path, default=None, help="also write the report here (JSON)")
+    a = p.parse_args(argv)
+    report = holdout_report(existing(a.data), a.model, existing(a.adapters), a.shapes, max_length=a.max_length,
+                            batch_size=a.batch_size, dtype=a.dtype)
+    text = json.dumps(report, indent=1)
+    print(text)
+    if a.output:
+        a.output.write_text(text)
+
+
 def _stage(stage: str, argv: Sequence[str]) -> None:
     from .config import load_config
     from .stages import run_stage
@@ -99,7 +123,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
                         format=f"%(asctime)s [rank {rank}] %(name)s: %(message)s")
     for noisy in ("transformers", "httpx", "ir_datasets"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    commands = ("groups", "teacher", "split", "export") + STAGES
+    commands = ("groups", "teacher", "split", "export", "holdout") + STAGES
     if not argv or argv[0] not in commands:
         print(__doc__)
         print(f"commands: {', '.join(commands)}")
@@ -113,6 +137,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         _split(rest)
     elif command == "export":
         _export(rest)
+    elif command == "holdout":
+        _holdout(rest)
     else:
         _stage(command, rest)
 

@@ -27,6 +27,7 @@ class StageConfig:
     # model
     model: str = "HuggingFaceTB/SmolLM2-135M-Instruct"  #: base LM or released-layout folder / hub id
     merge_adapters: list[str] = field(default_factory=list)  #: merged in order before the new LoRA (stage 2/3)
+    init_adapter: Optional[str] = None  #: start the new LoRA from this adapter (same rank and targets)
     start_layer: Optional[int] = None  #: shallowest exit of a raw base (default 4)
     layer_sep: int = 1
     reference_bugs: list[str] = field(default_factory=list)  #: e.g. ["B2"] to train like the reference

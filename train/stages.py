@@ -96,8 +96,24 @@ def build_model(config: StageConfig, runtime: Runtime):
         peft_model = get_peft_model(core, lora)
     except ValueError as err:
         raise ValueError(f"lora_targets {config.lora_targets} do not fit this model: {err}") from err
+    if config.init_adapter:
+        load_initial_adapter(peft_model, config.init_adapter)
     peft_model.train()
     return peft_model, core, tokenizer
+
+
+def load_initial_adapter(peft_model, folder: str) -> None:
+    """Start the new LoRA from a trained adapter of the same rank and targets (another epoch of a finished
+    run, with a fresh schedule); anything that does not fit is refused rather than silently skipped."""
+    from peft import set_peft_model_state_dict
+    from peft.utils import load_peft_weights
+
+    weights = load_peft_weights(folder, device="cpu")
+    result = set_peft_model_state_dict(peft_model, weights)
+    if result.unexpected_keys:
+        raise ValueError(f"init_adapter {folder} does not fit this LoRA (rank or targets differ): "
+                         f"{sorted(result.unexpected_keys)[:3]}...")
+    log.info("LoRA initialised from %s", folder)
 
 
 def _schedule(total: int, warmup_ratio: float):
@@ -247,9 +263,12 @@ class Trainer:
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
-        return dict(step=self.step, loss=sums.pop("loss"), lr=lr,
-                    grad_norm=float(grad_norm), shapes=shapes, repeated_negatives=self.batches.repeated,
-                    seconds=round(time.perf_counter() - started, 3), terms=sums)
+        record = dict(step=self.step, loss=sums.pop("loss"), lr=lr,
+                      grad_norm=float(grad_norm), shapes=shapes, repeated_negatives=self.batches.repeated,
+                      seconds=round(time.perf_counter() - started, 3), terms=sums)
+        if self.runtime.device.type == "cuda":
+            record["gpu_peak_gb"] = round(torch.cuda.max_memory_allocated(self.runtime.device) / 2**30, 2)
+        return record
 
     def run(self) -> Path:
         """Train to ``total_steps`` (resuming if a checkpoint exists) and save the adapter."""
