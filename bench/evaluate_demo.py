@@ -36,7 +36,6 @@ RATIOS = [1, 2, 4]
 COMPRESS_AT = 4                      # an early compression layer (below the first exit)
 DATASETS = ["beir/scifact/test", "local/msmarco-passage-dl19", "vaswani"]
 SYSTEMS = ("teacher", "zero_shot", "naive", "stage1", "matroyshka")
-TIMING_PAIRS = 512
 
 
 def tag(dataset: str) -> str:
@@ -97,28 +96,29 @@ def score_system(name: str, spec: dict, frames: dict[str, pd.DataFrame], args) -
     """Per dataset: a frame of score columns (one per single shape) and timings."""
     scorer = MatroyshkaScorer(BASE, adapters=spec["adapters"], compensation=spec.get("compensation"),
                               max_length=args.max_length, batch_size=args.batch_size)
+    ratios = [r for r in spec["ratios"] if r in args.ratios]
     out = {}
     for dataset, frame in frames.items():
         pairs = list(zip(frame["query"], frame["text"]))
         scores, timing = frame[["qid", "docno"]].copy(), {"device": str(scorer.device), "pairs": len(pairs)}
-        for ratio in spec["ratios"]:
+        for ratio in ratios:
             grid = Shape(EXITS, [COMPRESS_AT], ratio) if ratio > 1 else Shape(EXITS)
             per_exit, seconds = timed(lambda: scorer.compute_score(pairs, shape=grid), scorer.device)
             timing[f"pass {grid}"] = seconds
             for depth, column in zip(EXITS, per_exit):
                 scores[f"score_{single_shape(depth, ratio)}"] = column
         out[dataset] = (scores, timing)
-    sample = list(zip(*[next(iter(frames.values()))[c][:TIMING_PAIRS] for c in ("query", "text")]))
+    sample = list(zip(*[next(iter(frames.values()))[c][:args.timing_pairs] for c in ("query", "text")]))
     scorer.compute_score(sample[:args.batch_size], shape=Shape(EXITS[-1]))  # warm-up
     per_shape = {}
-    for ratio in spec["ratios"]:
+    for ratio in ratios:
         for depth in EXITS:
             shape = single_shape(depth, ratio)
             per_shape[str(shape)] = timed(lambda: scorer.compute_score(sample, shape=shape), scorer.device)[1]
-    lengths = mean_token_lengths(scorer, sample)
-    flops = {str(single_shape(d, r)): scorer.flops(single_shape(d, r), *lengths) / 1e9
-             for r in spec["ratios"] for d in EXITS}
-    for dataset in out:
+    for dataset, frame in frames.items():  # estimated cost at each dataset's own mean lengths
+        lengths = mean_token_lengths(scorer, list(zip(frame["query"], frame["text"]))[::max(1, len(frame) // 256)])
+        flops = {str(single_shape(d, r)): scorer.flops(single_shape(d, r), *lengths) / 1e9
+                 for r in ratios for d in EXITS}
         out[dataset][1].update(shape_seconds=per_shape, timing_pairs=len(sample), gflops=flops)
     return out
 
@@ -211,6 +211,8 @@ def main() -> None:
     parser.add_argument("--datasets", nargs="*", default=DATASETS)
     parser.add_argument("--systems", nargs="*", default=list(SYSTEMS))
     parser.add_argument("--top-k", type=int, default=100)
+    parser.add_argument("--timing-pairs", type=int, default=512, help="score: pairs timed at each single shape")
+    parser.add_argument("--ratios", type=int, nargs="*", default=RATIOS, help="score: compression ratios to run")
     parser.add_argument("--queries", type=int, nargs="*", default=None,
                         help="candidates: first N topics, one N for all datasets or one per dataset (default all)")
     parser.add_argument("--max-length", type=int, default=192, help="passage token budget (as trained)")
