@@ -6,6 +6,7 @@ from .scorer import MatroyshkaScorer
 from .shape import BackboneDims, Shape
 
 __version__ = "0.1.0"
+__all__ = ["MatroyshkaReRanker", "MatroyshkaScorer", "Shape", "BackboneDims", "PromptEncoder", "DEFAULT_PROMPT", "load_model"]
 
 
 def __getattr__(name: str):
@@ -16,4 +17,3 @@ def __getattr__(name: str):
 
         return MatroyshkaReRanker
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-__all__ = ["MatroyshkaReRanker", "MatroyshkaScorer", "Shape", "BackboneDims", "PromptEncoder", "DEFAULT_PROMPT", "load_model"]

@@ -38,15 +38,16 @@ def evaluate_groups(scorer: MatroyshkaScorer, groups: Sequence[Group], shape: st
 
 
 def holdout_report(data: Sequence[str], model: str, adapters: Sequence[str], shapes: Sequence[str],
-                   max_length: int = 192,
-                   batch_size: int = 64, dtype: str = "auto") -> dict[str, dict]:
+                   max_length: int = 192, batch_size: int = 64, dtype: str = "auto") -> dict[str, dict]:
     """``{shape: metrics}`` for a base plus merged ``adapters`` on the groups in ``data``."""
     groups = read_groups(list(data))
-    scorer = MatroyshkaScorer(model, adapters=list(adapters) or None, max_length=max_length, batch_size=batch_size, dtype=dtype)
+    scorer = MatroyshkaScorer(model, adapters=list(adapters) or None, max_length=max_length,
+                              batch_size=batch_size, dtype=dtype)
     return {shape: evaluate_groups(scorer, groups, shape) for shape in shapes}
 
 
 def existing(paths: Sequence[str]) -> list[str]:
+    """``paths`` unchanged, or an error naming the ones that do not exist."""
     missing = [p for p in paths if not Path(p).exists()]
     if missing:
         raise FileNotFoundError(f"not found: {missing}")
