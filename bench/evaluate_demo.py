@@ -108,7 +108,8 @@ def score_system(name: str, spec: dict, frames: dict[str, pd.DataFrame], args) -
             for depth, column in zip(EXITS, per_exit):
                 scores[f"score_{single_shape(depth, ratio)}"] = column
         out[dataset] = (scores, timing)
-    sample = list(zip(*[next(iter(frames.values()))[c][:args.timing_pairs] for c in ("query", "text")]))
+    first = next(iter(frames.values()))  # every shape is timed on the same pairs of the first dataset
+    sample = list(zip(first["query"], first["text"]))[:args.timing_pairs]
     scorer.compute_score(sample[:args.batch_size], shape=Shape(EXITS[-1]))  # warm-up
     per_shape = {}
     for ratio in ratios:
@@ -116,18 +117,11 @@ def score_system(name: str, spec: dict, frames: dict[str, pd.DataFrame], args) -
             shape = single_shape(depth, ratio)
             per_shape[str(shape)] = timed(lambda: scorer.compute_score(sample, shape=shape), scorer.device)[1]
     for dataset, frame in frames.items():  # estimated cost at each dataset's own mean lengths
-        lengths = mean_token_lengths(scorer, list(zip(frame["query"], frame["text"]))[::max(1, len(frame) // 256)])
+        lengths = scorer.mean_lengths(list(zip(frame["query"], frame["text"]))[::max(1, len(frame) // 256)])
         flops = {str(single_shape(d, r)): scorer.flops(single_shape(d, r), *lengths) / 1e9
                  for r in ratios for d in EXITS}
         out[dataset][1].update(shape_seconds=per_shape, timing_pairs=len(sample), gflops=flops)
     return out
-
-
-def mean_token_lengths(scorer: MatroyshkaScorer, pairs) -> tuple[int, int, int]:
-    encoded = scorer.encoder().encode(pairs)
-    n = len(encoded)
-    return (round(sum(e.query_len for e in encoded) / n), round(sum(e.passage_len for e in encoded) / n),
-            round(sum(e.prompt_len for e in encoded) / n))
 
 
 def score_teacher(frames: dict[str, pd.DataFrame]) -> dict[str, tuple[pd.DataFrame, dict]]:

@@ -80,10 +80,7 @@ def compare_shapes(reranker: MatroyshkaReRanker, shapes: Sequence[ShapeLike], ca
 def mean_lengths(reranker: MatroyshkaReRanker, candidates: pd.DataFrame, sample: int = 256) -> tuple[int, int, int]:
     """Mean query, passage and prompt token counts of (a sample of) the candidates."""
     rows = candidates.sample(min(sample, len(candidates)), random_state=0)
-    encoded = reranker.scorer.encoder().encode(list(zip(rows["query"], rows[reranker.text_field])))
-    n = max(len(encoded), 1)
-    return (round(sum(e.query_len for e in encoded) / n), round(sum(e.passage_len for e in encoded) / n),
-            round(sum(e.prompt_len for e in encoded) / n))
+    return reranker.scorer.mean_lengths(list(zip(rows["query"], rows[reranker.text_field])))
 
 
 def format_table(table: pd.DataFrame) -> str:

@@ -155,6 +155,14 @@ class MatroyshkaScorer:
             self._encoders[key] = PromptEncoder.for_inference(self.tokenizer, key[2], key[0], key[1])
         return self._encoders[key]
 
+    def mean_lengths(self, pairs: Sequence[Pair]) -> tuple[int, int, int]:
+        """Mean query, passage and prompt token counts of ``pairs`` as this scorer encodes them (the
+        lengths :meth:`flops` takes)."""
+        encoded = self.encoder().encode(_as_pairs(pairs))
+        n = max(len(encoded), 1)
+        return (round(sum(e.query_len for e in encoded) / n), round(sum(e.passage_len for e in encoded) / n),
+                round(sum(e.prompt_len for e in encoded) / n))
+
     def flops(self, shape: Optional[ShapeLike] = None, query_len: int = 16, passage_len: int = 96,
               prompt_len: Optional[int] = None) -> float:
         """Estimated forward FLOPs per pair for ``shape`` at the given token lengths."""

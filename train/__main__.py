@@ -82,7 +82,7 @@ def _export(argv: Sequence[str]) -> None:
 def _holdout(argv: Sequence[str]) -> None:
     import json
 
-    from .holdout import existing, holdout_report
+    from .holdout import holdout_report
 
     p = argparse.ArgumentParser(prog="python -m train holdout", description="RR@10/nDCG@10 on held-out groups")
     p.add_argument("--data", required=True, nargs="+")
@@ -94,7 +94,7 @@ def _holdout(argv: Sequence[str]) -> None:
     p.add_argument("--dtype", default="auto")
     p.add_argument("--output", type=Path, default=None, help="also write the report here (JSON)")
     a = p.parse_args(argv)
-    report = holdout_report(existing(a.data), a.model, existing(a.adapters), a.shapes, max_length=a.max_length,
+    report = holdout_report(a.data, a.model, a.adapters, a.shapes, max_length=a.max_length,
                             batch_size=a.batch_size, dtype=a.dtype)
     text = json.dumps(report, indent=1)
     print(text)

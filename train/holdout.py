@@ -7,7 +7,6 @@ tuned on a test set.
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from typing import Sequence
 
 from pyterrier_matroyshka.scorer import MatroyshkaScorer
@@ -45,10 +44,3 @@ def holdout_report(data: Sequence[str], model: str, adapters: Sequence[str], sha
                               batch_size=batch_size, dtype=dtype)
     return {shape: evaluate_groups(scorer, groups, shape) for shape in shapes}
 
-
-def existing(paths: Sequence[str]) -> list[str]:
-    """``paths`` unchanged, or an error naming the ones that do not exist."""
-    missing = [p for p in paths if not Path(p).exists()]
-    if missing:
-        raise FileNotFoundError(f"not found: {missing}")
-    return list(paths)

@@ -25,15 +25,8 @@ COMP_LR=${COMP_LR:-2e-4}        # a fifth of stage 1's, as the reference's 2e-5 
 COMMON=(--train_data "$DATA/train.jsonl" --lora_dropout 0)
 mkdir -p "$RUNS" "$DATA"
 
-finished() { [ -f "$1/matroyshka_adapter.json" ]; }
-stage() {  # stage <output_dir> <stage> [args...]
-  local out=$1 name=$2; shift 2
-  if finished "$out"; then echo "[recipe] $out done, skipped"; return; fi
-  echo "[recipe] $(date +%T) $name -> $out"
-  "$PY" -m train "$name" --config "train/configs/$name.json" --output_dir "$out" "${COMMON[@]}" "$@" \
-      > "$out.log" 2>&1
-  echo "[recipe] $(date +%T) $out finished"
-}
+TAG=recipe
+source train/stage.sh
 
 [ -s "$DATA/groups.jsonl" ] || "$PY" -m train groups --dataset beir/scifact/train --output "$DATA/groups.jsonl"
 [ -s "$DATA/groups.teacher.jsonl" ] || "$PY" -m train teacher --input "$DATA/groups.jsonl" \
@@ -49,8 +42,7 @@ chain_matroyshka() {
 }
 chain_ablation() {
   local last
-  last=$("$PY" -c "from transformers import AutoConfig; from pyterrier_matroyshka.offline import resolve_pretrained as r; \
-print(AutoConfig.from_pretrained(r('HuggingFaceTB/SmolLM2-135M-Instruct')).num_hidden_layers)")
+  last=$(num_layers "HuggingFaceTB/SmolLM2-135M-Instruct")
   stage "$RUNS/naive_epoch1" stage2 --merge_adapters "[]" --train_exits "$last" --lr "$LR"
   stage "$RUNS/naive_last_exit" stage2 --merge_adapters "[]" --train_exits "$last" --lr "$LR2" --seed 43 \
       --init_adapter "$RUNS/naive_epoch1"

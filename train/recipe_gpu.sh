@@ -31,18 +31,10 @@ COMMON=(--model "$MODEL" --train_data "$DATA/train.jsonl" --group_size 16 --batc
         --lora_dropout 0 --num_threads 2 --save_steps 0 --gradient_checkpointing false)
 mkdir -p "$RUNS"
 
-finished() { [ -f "$1/matroyshka_adapter.json" ]; }
-stage() {  # stage <output_dir> <stage> [args...]: skipped when finished; log beside the folder
-  local out=$1 name=$2; shift 2
-  if finished "$out"; then echo "[recipe_gpu] $out done, skipped"; return; fi
-  echo "[recipe_gpu] $(date +%T) $name -> $out"
-  "$PY" -m train "$name" --config "train/configs/$name.json" --output_dir "$out" "${COMMON[@]}" "$@" "${EXTRA_ARGS[@]}" \
-      > "$out.log" 2>&1 || { echo "[recipe_gpu] $out FAILED:"; tail -20 "$out.log"; return 1; }
-  echo "[recipe_gpu] $(date +%T) $out finished"
-}
+TAG=recipe_gpu
+source train/stage.sh
 
-last=$("$PY" -c "from transformers import AutoConfig; from pyterrier_matroyshka.offline import resolve_pretrained as r; \
-print(AutoConfig.from_pretrained(r('$MODEL')).num_hidden_layers)")
+last=$(num_layers "$MODEL")
 pids=()
 for e in $EPOCHS; do
   for k in $KD_WEIGHTS; do
