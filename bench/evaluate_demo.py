@@ -95,7 +95,7 @@ def timed(fn, device: torch.device):
 def score_system(name: str, spec: dict, frames: dict[str, pd.DataFrame], args) -> dict[str, tuple[pd.DataFrame, dict]]:
     """Per dataset: a frame of score columns (one per single shape) and timings."""
     scorer = MatroyshkaScorer(BASE, adapters=spec["adapters"], compensation=spec.get("compensation"),
-                              max_length=args.max_length, batch_size=args.batch_size)
+                              merge_compensation=True, max_length=args.max_length, batch_size=args.batch_size)
     ratios = [r for r in spec["ratios"] if r in args.ratios]
     out = {}
     for dataset, frame in frames.items():

@@ -24,6 +24,9 @@ def _model_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--adapters", nargs="*", default=None, help="LoRA adapter folders, merged in order")
     parser.add_argument("--compensation", nargs="*", default=None,
                         help="adapters kept switchable, picked by the shape's ratio")
+    parser.add_argument("--merge-compensation", action=argparse.BooleanOptionalAction, default=None,
+                        help="merge the active compensation adapter into the weights: faster, one more copy "
+                             "of the weights in memory (default: on for the demo model, off otherwise)")
     parser.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
     parser.add_argument("--device", default=None)
     parser.add_argument("--batch-size", type=int, default=32)
@@ -77,6 +80,8 @@ def _scorer(args):
                    reference_compat=args.reference_compat, verbose=args.verbose)
     if args.max_length:
         options["max_length"] = args.max_length
+    if args.merge_compensation is not None:
+        options["merge_compensation"] = args.merge_compensation
     if args.model is None:
         return demo_scorer(**options)
     return MatroyshkaScorer(args.model, adapters=args.adapters, compensation=args.compensation, **options)

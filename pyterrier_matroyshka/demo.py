@@ -29,7 +29,9 @@ def demo_scorer(**kwargs):
     """A :class:`MatroyshkaScorer` of the demo model (keyword arguments override the defaults)."""
     from .scorer import MatroyshkaScorer
 
-    settings = dict(adapters=DEFAULT_ADAPTERS, compensation=DEFAULT_COMPENSATION, max_length=DEFAULT_MAX_LENGTH)
+    # merged compensation: a 135M model on a CPU runs about twice as fast without the LoRA matmuls
+    settings = dict(adapters=DEFAULT_ADAPTERS, compensation=DEFAULT_COMPENSATION, max_length=DEFAULT_MAX_LENGTH,
+                    merge_compensation=True)
     settings.update(kwargs)
     return MatroyshkaScorer(DEFAULT_MODEL, **settings)
 

@@ -14,7 +14,8 @@ from typing import Optional, Sequence, Union
 import torch
 from tqdm.auto import tqdm
 
-from .checkpoint import AdapterSpec, adapter_info, adapter_items, load_model, pick_adapters, set_active_adapters, unwrap
+from .checkpoint import (AdapterSpec, adapter_info, adapter_items, load_model, merge_active_adapters, pick_adapters,
+                         set_active_adapters, unwrap)
 from .model import MatroyshkaModel, reference_bug_set
 from .prompt import PromptEncoder
 from .shape import Shape, ShapeLike
@@ -80,6 +81,9 @@ class MatroyshkaScorer:
             the vertical and per-ratio horizontal LoRAs of a stage-1 model.
         active_adapters: which switchable adapters a call uses: ``"auto"`` (default) picks by the
             shape (the horizontal adapter trained for its ratio, else the vertical one), or names.
+        merge_compensation: merge the active compensation adapters into the weights (from a kept
+            copy, re-merged when a call needs other adapters) instead of running them as LoRA; faster,
+            most of all for small models on a CPU, at the memory of one more copy of the weights.
         shape: default :class:`Shape` (default: the deepest exit, no compression). The reference's
             ``cutoff_layers``, ``compress_layers``, ``compress_ratio`` are accepted too.
         batch_size, max_length, query_max_length: batching and token budgets (reference defaults).
@@ -93,7 +97,7 @@ class MatroyshkaScorer:
     def __init__(self, model_name_or_path: Optional[str] = None, *, model: Optional[MatroyshkaModel] = None,
                  tokenizer=None, adapters: AdapterSpec = None, peft_path: AdapterSpec = None,
                  merge_adapters: bool = True, compensation: AdapterSpec = None,
-                 active_adapters: Union[str, Sequence[str], None] = "auto",
+                 active_adapters: Union[str, Sequence[str], None] = "auto", merge_compensation: bool = False,
                  shape: Optional[ShapeLike] = None, cutoff_layers=None, compress_layers=None, compress_ratio=None,
                  batch_size: int = 32, max_length: int = 512, query_max_length: Optional[int] = None,
                  dtype: Union[str, torch.dtype, None] = "auto", device: Union[str, torch.device, None] = None,
@@ -120,7 +124,7 @@ class MatroyshkaScorer:
         self.batch_size, self.max_length, self.query_max_length = batch_size, max_length, query_max_length
         self.normalize, self.prompt, self.verbose = normalize, prompt, verbose
         self.reference_bugs = reference_bug_set(reference_compat)
-        self.active_adapters = active_adapters
+        self.active_adapters, self.merge_compensation = active_adapters, merge_compensation
         switchable = compensation if merge_adapters else (adapters if adapters is not None else peft_path)
         self.adapter_infos = {name: adapter_info(path) for name, path in adapter_items(switchable)}
         self._encoders: dict = {}
@@ -189,7 +193,8 @@ class MatroyshkaScorer:
         pairs = _as_pairs(pairs)
         scores = torch.empty(len(shape.exits), len(pairs))
         if pairs:
-            set_active_adapters(self.model, self.adapters_for(shape, adapters))
+            activate = merge_active_adapters if self.merge_compensation else set_active_adapters
+            activate(self.model, self.adapters_for(shape, adapters))
             encoder = self.encoder(max_length, query_max_length, prompt)
             encoded = encoder.encode(pairs, prompt)
             order = sorted(range(len(pairs)), key=lambda i: -len(encoded[i].input_ids))

@@ -154,6 +154,28 @@ def test_switchable_adapters(tiny_checkpoint, golden_pairs):
         switch.compute_score(golden_pairs, adapters=["nope"])
 
 
+def test_merged_switch_matches_lora_and_never_drifts(tiny_checkpoint, golden_pairs):
+    """merge_compensation puts the active adapter into the weights: the scores of the LoRA path, in
+    any order of switches, and the unmerged weights come back bit for bit."""
+    from pyterrier_matroyshka.checkpoint import set_active_adapters
+
+    base = str(tiny_checkpoint)
+    named = {"layer": f"{base}/compensate/layer/full", "r2": f"{base}/compensate/token/ratio_2"}
+    lora = MatroyshkaScorer(base, adapters=named, merge_adapters=False, dtype="fp32", device="cpu")
+    merged = MatroyshkaScorer(base, adapters=named, merge_adapters=False, merge_compensation=True,
+                              dtype="fp32", device="cpu")
+    weight = merged.core.model.layers[0].self_attn.q_proj.weight
+    before = weight.detach().clone()
+    for names in (["layer"], ["r2"], ["layer", "r2"], [], ["layer"]):
+        expected = lora.compute_score(golden_pairs, adapters=names, shape="L8:r2@2")
+        assert merged.compute_score(golden_pairs, adapters=names, shape="L8:r2@2") == pytest.approx(expected, abs=1e-4)
+        assert torch.equal(weight, before) == (names == [])
+    set_active_adapters(merged.model, ["r2"])  # back to the LoRA path: weights restored first
+    assert torch.equal(weight, before)
+    assert merged.compute_score(golden_pairs, adapters=["r2"]) == pytest.approx(
+        lora.compute_score(golden_pairs, adapters=["r2"]), abs=1e-4)
+
+
 def test_auto_adapter_choice_by_shape(tiny_checkpoint, golden_pairs, tmp_path):
     """Compensation adapters with a note of their kind are picked by the shape's ratio."""
     import json
