@@ -62,3 +62,18 @@ def test_evaluate_averages_over_the_run_queries_only(data_dir):
     run = pd.DataFrame({"qid": ["1", "2"], "docno": ["a", "x"], "score": [1.0, 1.0]})
     assert evaluate(run, qrels)["RR@10"] == 0.5  # query 3 is not part of this experiment
     assert evaluate(run, qrels, queries=["1", "2", "3"])["RR@10"] == pytest.approx(1 / 3)
+
+
+def test_merge_compensation_flag_keeps_the_scores(bm25_run, tiny_checkpoint, tmp_path):
+    """--merge-compensation runs the compensation adapter merged: the same run as the LoRA path, and
+    not the run without the adapter."""
+    compensation = ["--compensation", str(tiny_checkpoint / "compensate/layer/full")]
+    runs = {}
+    for name, extra in {"merged": [*compensation, "--merge-compensation"],
+                        "lora": [*compensation, "--no-merge-compensation"], "none": []}.items():
+        runs[name] = tmp_path / f"{name}.run"
+        main(["rerank", "--dataset", "cranfield", "--run", str(bm25_run), "--model", str(tiny_checkpoint),
+              "--dtype", "fp32", *extra, "--output", str(runs[name])])
+    merged, lora, none = (read_trec_run(path).sort_values(["qid", "docno"]) for path in runs.values())
+    assert merged.score.to_numpy() == pytest.approx(lora.score.to_numpy(), abs=1e-4)
+    assert merged.score.to_numpy() != pytest.approx(none.score.to_numpy(), abs=1e-2)
