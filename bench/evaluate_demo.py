@@ -108,7 +108,8 @@ def score_system(name: str, spec: dict, frames: dict[str, pd.DataFrame], args) -
             for depth, column in zip(EXITS, per_exit):
                 scores[f"score_{single_shape(depth, ratio)}"] = column
         out[dataset] = (scores, timing)
-    first = next(iter(frames.values()))  # every shape is timed on the same pairs of the first dataset
+    # every shape is timed on the same pairs: those of --timing-dataset (default: the first scored)
+    first = read_candidates(args.timing_dataset, args.candidates) if args.timing_dataset else next(iter(frames.values()))
     sample = list(zip(first["query"], first["text"]))[:args.timing_pairs]
     scorer.compute_score(sample[:args.batch_size], shape=Shape(EXITS[-1]))  # warm-up
     per_shape = {}
@@ -206,6 +207,8 @@ def main() -> None:
     parser.add_argument("--systems", nargs="*", default=list(SYSTEMS))
     parser.add_argument("--top-k", type=int, default=100)
     parser.add_argument("--timing-pairs", type=int, default=512, help="score: pairs timed at each single shape")
+    parser.add_argument("--timing-dataset", default=None,
+                        help="score: the dataset whose pairs are timed (default: the first of --datasets)")
     parser.add_argument("--ratios", type=int, nargs="*", default=RATIOS, help="score: compression ratios to run")
     parser.add_argument("--queries", type=int, nargs="*", default=None,
                         help="candidates: first N topics, one N for all datasets or one per dataset (default all)")

@@ -31,7 +31,7 @@ def _model_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default=None)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--max-length", type=int, default=None, help="passage token budget (default 512; "
-                                                                     "128 for the demo model, as trained)")
+                                                                     "256 for the demo model)")
     parser.add_argument("--reference-compat", action="store_true", help="replay the reference's bugs B1 and B2")
 
 

@@ -21,8 +21,9 @@ DEFAULT_ADAPTERS: Optional[list[str]] = [str(DEMO_DIR / "stage1")] if (DEMO_DIR 
 #: kept switchable and picked by shape: the vertical and the per-ratio horizontal compensation adapters
 DEFAULT_COMPENSATION: Optional[list[str]] = ([str(DEMO_DIR / n) for n in ("vertical", "r2", "r4")]
                                              if DEFAULT_ADAPTERS else None)
-#: the passage budget the demo model was trained with
-DEFAULT_MAX_LENGTH = 128
+#: the passage budget: trained at 128 tokens, but on the held-out SciFact-train groups reading 256 scored
+#: better (stage 1, L30 nDCG@10 0.936 against 0.922), at twice the cost on long passages
+DEFAULT_MAX_LENGTH = 256
 
 
 def demo_scorer(**kwargs):
