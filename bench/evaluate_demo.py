@@ -109,7 +109,8 @@ def score_system(name: str, spec: dict, frames: dict[str, pd.DataFrame], args) -
                 scores[f"score_{single_shape(depth, ratio)}"] = column
         out[dataset] = (scores, timing)
     # every shape is timed on the same pairs: those of --timing-dataset (default: the first scored)
-    first = read_candidates(args.timing_dataset, args.candidates) if args.timing_dataset else next(iter(frames.values()))
+    first = (read_candidates(args.timing_dataset, args.candidates) if args.timing_dataset
+             else next(iter(frames.values())))
     sample = list(zip(first["query"], first["text"]))[:args.timing_pairs]
     scorer.compute_score(sample[:args.batch_size], shape=Shape(EXITS[-1]))  # warm-up
     per_shape = {}
