@@ -12,8 +12,8 @@
 # Two single-threaded chains run side by side (one thread per process is fastest on a shared 2-core
 # machine). Every finished stage leaves matroyshka_adapter.json and is skipped on a rerun; an interrupted
 # stage resumes from its last checkpoint. Settings: RUNS, DATA, KD_WEIGHT, KD_WEIGHT3, LR, LR2, LR3,
-# COMP_STEPS, COMP_LR. On a 2-core CPU each stage-1 epoch takes 40-50 minutes; train/recipe_gpu.sh is the
-# GPU version.
+# COMP_STEPS, COMP_LR, EXTRA (more --key value settings for every stage, e.g. "--max_steps 1" for a dry
+# run). On a 2-core CPU each stage-1 epoch takes 40-50 minutes; train/recipe_gpu.sh is the GPU version.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
@@ -29,6 +29,7 @@ KD_WEIGHT3=${KD_WEIGHT3:-0.2}   # the third epoch's external-KD weight: 0.2 beat
 COMP_STEPS=${COMP_STEPS:-25}    # optimizer steps (x 8 queries) of each compensation adapter
 COMP_LR=${COMP_LR:-2e-4}        # a fifth of stage 1's, as the reference's 2e-5 is a tenth of its 2e-4
 COMMON=(--train_data "$DATA/train.jsonl" --lora_dropout 0)
+read -r -a EXTRA_ARGS <<< "${EXTRA:-}"
 COMP=(--merge_adapters "$RUNS/stage1_rank8" --max_steps "$COMP_STEPS" --lr "$COMP_LR" --lora_r 4 --lora_alpha 8)
 mkdir -p "$RUNS" "$DATA"
 
