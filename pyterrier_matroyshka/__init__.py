@@ -6,7 +6,8 @@ from .scorer import MatroyshkaScorer
 from .shape import BackboneDims, Shape
 
 __version__ = "0.1.0"
-__all__ = ["MatroyshkaReRanker", "MatroyshkaScorer", "Shape", "BackboneDims", "PromptEncoder", "DEFAULT_PROMPT", "load_model"]
+__all__ = ["MatroyshkaReRanker", "MatroyshkaScorer", "Shape", "BackboneDims", "PromptEncoder", "DEFAULT_PROMPT",
+           "load_model"]
 
 
 def __getattr__(name: str):

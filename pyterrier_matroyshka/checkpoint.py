@@ -253,14 +253,15 @@ def merge_active_adapters(model, names: Optional[Sequence[str]]) -> None:
 
 
 def _restore_unmerged_weights(model) -> None:
-    """Undo :func:`merge_active_adapters` (no-op when nothing was merged)."""
-    if not getattr(model, "_matroyshka_merged", None):
-        return
-    originals = model.__dict__["_matroyshka_unmerged"]
-    for name, module in model.named_modules():
-        if name in originals:
-            module.get_base_layer().weight.data.copy_(originals[name])
-    model._matroyshka_merged = ()
+    """Undo :func:`merge_active_adapters` and leave its mode, so its next call re-applies even the same
+    names (the LoRA layers may have been switched back on meanwhile)."""
+    merged = getattr(model, "_matroyshka_merged", None)
+    if merged:  # () merged nothing: the weights are the kept copy already
+        originals = model.__dict__["_matroyshka_unmerged"]
+        for name, module in model.named_modules():
+            if name in originals:
+                module.get_base_layer().weight.data.copy_(originals[name])
+    model._matroyshka_merged = None
 
 
 ADAPTER_INFO = "matroyshka_adapter.json"

@@ -174,6 +174,9 @@ def test_merged_switch_matches_lora_and_never_drifts(tiny_checkpoint, golden_pai
     assert torch.equal(weight, before)
     assert merged.compute_score(golden_pairs, adapters=["r2"]) == pytest.approx(
         lora.compute_score(golden_pairs, adapters=["r2"]), abs=1e-4)
+    set_active_adapters(merged.model, ["r2"])  # LoRA layers on; merging nothing must switch them off again
+    assert merged.compute_score(golden_pairs, adapters=[]) == pytest.approx(
+        lora.compute_score(golden_pairs, adapters=[]), abs=1e-4)
 
 
 def test_auto_adapter_choice_by_shape(tiny_checkpoint, golden_pairs, tmp_path):
