@@ -27,6 +27,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from pyterrier_matroyshka.demo import DEMO_FUSION_WEIGHT  # noqa: E402
 from pyterrier_matroyshka.scorer import MatroyshkaScorer  # noqa: E402
 from pyterrier_matroyshka.shape import Shape  # noqa: E402
 
@@ -36,6 +37,7 @@ RATIOS = [1, 2, 4]
 COMPRESS_AT = 4                      # an early compression layer (below the first exit)
 DATASETS = ["beir/scifact/test", "local/msmarco-passage-dl19", "vaswani"]
 SYSTEMS = ("teacher", "zero_shot", "naive", "stage1", "matroyshka")
+FUSED = " + BM25"                    # the suffix of a shape interpolated with BM25 (FirstStageFusion)
 
 
 def tag(dataset: str) -> str:
@@ -47,13 +49,17 @@ def single_shape(depth: int, ratio: int) -> Shape:
 
 
 # -- step 1: candidates ---------------------------------------------------------------------------------
-def write_candidates(dataset: str, top_k: int, queries: int | None, folder: Path) -> None:
-    """BM25 top-``top_k`` of the first ``queries`` topics (all by default), texts kept once per document."""
+def write_candidates(dataset: str, top_k: int, queries: int | None, folder: Path,
+                     only_qids: set[str] | None = None) -> None:
+    """BM25 top-``top_k`` of the first ``queries`` topics (all by default; only ``only_qids`` if given),
+    texts kept once per document."""
     from pyterrier_matroyshka.collections import pt_dataset
     from pyterrier_matroyshka.experiment import first_stage
 
     frame = first_stage(dataset, top_k)
     frame = frame[frame["rank"] < top_k]
+    if only_qids is not None:
+        frame = frame[frame["qid"].isin(only_qids)]
     keep = list(dict.fromkeys(frame["qid"]))[:queries]
     frame = frame[frame["qid"].isin(keep)].reset_index(drop=True)
     folder.mkdir(parents=True, exist_ok=True)
@@ -126,10 +132,10 @@ def score_system(name: str, spec: dict, frames: dict[str, pd.DataFrame], args) -
     return out
 
 
-def score_teacher(frames: dict[str, pd.DataFrame]) -> dict[str, tuple[pd.DataFrame, dict]]:
+def score_teacher(frames: dict[str, pd.DataFrame], threads: int | None) -> dict[str, tuple[pd.DataFrame, dict]]:
     from pyterrier_matroyshka.teacher import MiniLMCrossEncoder
 
-    teacher, out = MiniLMCrossEncoder(), {}
+    teacher, out = MiniLMCrossEncoder(num_threads=threads), {}
     for dataset, frame in frames.items():
         start = time.perf_counter()
         scored = teacher(frame)
@@ -145,7 +151,8 @@ def write_scores(args) -> None:
         if all((args.scores / f"{tag(d)}__{name}.parquet").exists() for d in frames):
             continue
         print(f"{time.strftime('%T')} scoring {name}", flush=True)
-        results = score_teacher(frames) if name == "teacher" else score_system(name, specs[name], frames, args)
+        results = (score_teacher(frames, args.threads) if name == "teacher"
+                   else score_system(name, specs[name], frames, args))
         for dataset, (scores, timing) in results.items():
             args.scores.mkdir(parents=True, exist_ok=True)
             scores.to_parquet(args.scores / f"{tag(dataset)}__{name}.parquet")
@@ -155,6 +162,7 @@ def write_scores(args) -> None:
 # -- step 3: metrics ------------------------------------------------------------------------------------
 def write_metrics(args) -> None:
     from pyterrier_matroyshka.experiment import evaluate
+    from pyterrier_matroyshka.fusion import interpolate
 
     args.out.mkdir(parents=True, exist_ok=True)
     for dataset in args.datasets:
@@ -162,38 +170,75 @@ def write_metrics(args) -> None:
         qrels = pd.read_parquet(args.candidates / f"{tag(dataset)}.qrels.parquet")
         queries = run["qid"].unique()
         meta = {**evaluate(run, qrels, queries=queries), "queries": len(queries),
-                "top_k": int(run["rank"].max()) + 1, "pairs": len(run)}
+                "top_k": int(run["rank"].max()) + 1, "pairs": len(run), "fusion_weight": args.fusion_weight}
         (args.out / f"{tag(dataset)}__bm25.json").write_text(json.dumps(meta, indent=1))
         for name in SYSTEMS:
             file = args.scores / f"{tag(dataset)}__{name}.parquet"
             if not file.exists():
                 continue
-            scores = pd.read_parquet(file)
+            scores = pd.read_parquet(file).merge(run[["qid", "docno", "score"]], on=["qid", "docno"],
+                                                 validate="one_to_one")
             timing = json.loads(file.with_suffix(".timing.json").read_text())
             results = {}
             for column in [c for c in scores.columns if c.startswith("score_")]:
                 shape = column.removeprefix("score_")
-                metrics = evaluate(scores.rename(columns={column: "score"}), qrels, queries=queries)
-                results[shape] = {**metrics, "gflops": timing.get("gflops", {}).get(shape),
-                                  "ms_per_pair": 1000 * timing["shape_seconds"][shape] / timing["timing_pairs"]
-                                  if "shape_seconds" in timing else None, "device": timing["device"]}
+                cost = {"gflops": timing.get("gflops", {}).get(shape),
+                        "ms_per_pair": 1000 * timing["shape_seconds"][shape] / timing["timing_pairs"]
+                        if "shape_seconds" in timing else None, "device": timing["device"]}
+                alone = evaluate(scores.assign(score=scores[column]), qrels, queries=queries)
+                fused = evaluate(scores.assign(score=interpolate(scores["qid"], scores["score"], scores[column],
+                                                                 args.fusion_weight)), qrels, queries=queries)
+                results[shape] = {**alone, **cost}
+                results[shape + FUSED] = {**fused, **cost}
             (args.out / f"{tag(dataset)}__{name}.json").write_text(json.dumps(results, indent=1))
 
 
-def report(out: Path) -> str:
+def fusion_grid(args) -> None:
+    """nDCG@10 of every scored shape interpolated with BM25 at weights 0, 0.1, ..., 1 (0 = the re-ranker
+    alone, 1 = BM25): run it on the SciFact-train holdout to choose the weight."""
+    from pyterrier_matroyshka.experiment import evaluate
+    from pyterrier_matroyshka.fusion import interpolate
+
+    weights = [round(w / 10, 1) for w in range(11)]
+    for dataset in args.datasets:
+        run = pd.read_parquet(args.candidates / f"{tag(dataset)}.run.parquet")
+        qrels = pd.read_parquet(args.candidates / f"{tag(dataset)}.qrels.parquet")
+        print(f"\n{dataset}: {run.qid.nunique()} queries, nDCG@10 by BM25 weight")
+        print("| system | shape | " + " | ".join(map(str, weights)) + " | best |")
+        print("|---|---|" + "---|" * (len(weights) + 1))
+        for name in args.systems:
+            file = args.scores / f"{tag(dataset)}__{name}.parquet"
+            if not file.exists():
+                continue
+            scores = pd.read_parquet(file).merge(run[["qid", "docno", "score"]], on=["qid", "docno"])
+            for column in [c for c in scores.columns if c.startswith("score_")]:
+                values = [evaluate(scores.assign(score=interpolate(scores["qid"], scores["score"], scores[column], w)),
+                                   qrels, queries=run["qid"].unique())["nDCG@10"] for w in weights]
+                best = weights[max(range(len(weights)), key=values.__getitem__)]
+                print(f"| {name} | {column.removeprefix('score_')} | " + " | ".join(f"{v:.4f}" for v in values)
+                      + f" | {best} |")
+
+
+def report(out: Path, fused: bool = True) -> str:
     lines = []
     for dataset in DATASETS:
         files = {p.stem.split("__")[1]: json.loads(p.read_text()) for p in out.glob(f"{tag(dataset)}__*.json")}
         if not files:
             continue
         meta = files.pop("bm25")
-        lines += [f"\n### {dataset}: {meta['queries']} queries, BM25 top-{meta['top_k']} re-ranked\n",
+        fusion = (f"; '+ BM25': interpolated with BM25 at weight {meta['fusion_weight']} (z-scores per query)"
+                  if meta.get("fusion_weight") is not None else "")
+        lines += [f"\n### {dataset}: {meta['queries']} queries, BM25 top-{meta['top_k']} re-ranked{fusion}\n",
                   "| system | shape | nDCG@10 | RR@10 | GFLOP/pair | ms/pair |", "|---|---|---|---|---|---|",
                   f"| BM25 | - | {meta['nDCG@10']:.4f} | {meta['RR@10']:.4f} | - | - |"]
         for name in SYSTEMS:
             rows = sorted(files.get(name, {}).items(), key=lambda kv: -(kv[1]["gflops"] or 0))
+            if not fused:
+                rows = [(shape, r) for shape, r in rows if not shape.endswith(FUSED)]
             for shape, r in rows:
                 label = "MiniLM-L12 teacher" if name == "teacher" else name
+                if shape.endswith(FUSED):
+                    label, shape = label + FUSED, shape.removesuffix(FUSED)
                 cost = "-" if r["gflops"] is None else f"{r['gflops']:.2f}"
                 ms = "-" if r["ms_per_pair"] is None else f"{r['ms_per_pair']:.2f}"
                 lines.append(f"| {label} | {'-' if name == 'teacher' else shape} | {r['nDCG@10']:.4f} | "
@@ -203,7 +248,7 @@ def report(out: Path) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("step", choices=["candidates", "score", "evaluate", "report"])
+    parser.add_argument("step", choices=["candidates", "score", "evaluate", "report", "fusion"])
     parser.add_argument("--datasets", nargs="*", default=DATASETS)
     parser.add_argument("--systems", nargs="*", default=list(SYSTEMS))
     parser.add_argument("--top-k", type=int, default=100)
@@ -213,6 +258,13 @@ def main() -> None:
     parser.add_argument("--ratios", type=int, nargs="*", default=RATIOS, help="score: compression ratios to run")
     parser.add_argument("--queries", type=int, nargs="*", default=None,
                         help="candidates: first N topics, one N for all datasets or one per dataset (default all)")
+    parser.add_argument("--qids-from", type=Path, default=None,
+                        help="candidates: keep only the qids of this JSONL file of groups (e.g. the training "
+                             "holdout, to make choices on held-out SciFact train queries, never on test)")
+    parser.add_argument("--fusion-weight", type=float, default=DEMO_FUSION_WEIGHT,
+                        help="evaluate: BM25's share in the '+ BM25' rows (default: the demo model's, chosen on "
+                             "the SciFact-train holdout with the fusion step)")
+    parser.add_argument("--no-fused", action="store_true", help="report: leave out the '+ BM25' rows")
     parser.add_argument("--max-length", type=int, default=192, help="passage token budget (as trained)")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--threads", type=int, default=None)
@@ -228,14 +280,17 @@ def main() -> None:
         counts = args.queries or [None]
         if len(counts) not in (1, len(args.datasets)):
             parser.error(f"--queries takes one number or one per dataset ({len(args.datasets)})")
+        only = ({json.loads(line)["qid"] for line in args.qids_from.open()} if args.qids_from else None)
         for dataset, count in zip(args.datasets, counts * len(args.datasets) if len(counts) == 1 else counts):
-            write_candidates(dataset, args.top_k, count, args.candidates)
+            write_candidates(dataset, args.top_k, count, args.candidates, only)
     elif args.step == "score":
         write_scores(args)
     elif args.step == "evaluate":
         write_metrics(args)
+    elif args.step == "fusion":
+        fusion_grid(args)
     else:
-        print(report(args.out))
+        print(report(args.out, not args.no_fused))
 
 
 if __name__ == "__main__":

@@ -6,8 +6,8 @@ from .scorer import MatroyshkaScorer
 from .shape import BackboneDims, Shape
 
 __version__ = "0.1.0"
-__all__ = ["MatroyshkaReRanker", "MatroyshkaScorer", "Shape", "BackboneDims", "PromptEncoder", "DEFAULT_PROMPT",
-           "load_model"]
+__all__ = ["MatroyshkaReRanker", "FirstStageFusion", "MatroyshkaScorer", "Shape", "BackboneDims", "PromptEncoder",
+           "DEFAULT_PROMPT", "load_model"]
 
 
 def __getattr__(name: str):
@@ -17,4 +17,8 @@ def __getattr__(name: str):
         from .reranker import MatroyshkaReRanker
 
         return MatroyshkaReRanker
+    if name == "FirstStageFusion":
+        from .fusion import FirstStageFusion
+
+        return FirstStageFusion
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -33,6 +33,9 @@ def _model_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-length", type=int, default=None, help="passage token budget (default 512; "
                                                                      "256 for the demo model)")
     parser.add_argument("--reference-compat", action="store_true", help="replay the reference's bugs B1 and B2")
+    parser.add_argument("--fuse", nargs="?", type=float, const=-1.0, default=None, metavar="WEIGHT",
+                        help="interpolate with the first stage's scores, WEIGHT its share in [0, 1] (z-scores per "
+                             "query); without a value: the demo model's weight, chosen on its SciFact-train holdout")
 
 
 def _candidate_args(parser: argparse.ArgumentParser) -> None:
@@ -87,6 +90,18 @@ def _scorer(args):
     return MatroyshkaScorer(args.model, adapters=args.adapters, compensation=args.compensation, **options)
 
 
+def _fusion_weight(args) -> Optional[float]:
+    """--fuse's weight: as given, or the demo model's holdout-chosen one for a bare --fuse."""
+    from .demo import DEMO_FUSION_WEIGHT
+
+    if args.fuse is None or args.fuse >= 0:
+        return args.fuse
+    if args.model is not None:
+        raise SystemExit("--fuse without a weight means the demo model's weight; for --model give one, "
+                         "e.g. --fuse 0.3, chosen on held-out training queries")
+    return DEMO_FUSION_WEIGHT
+
+
 def _candidates(args):
     from .experiment import first_stage
 
@@ -109,8 +124,13 @@ def cmd_rerank(args) -> None:
     from .trec import write_trec_run
 
     reranker = MatroyshkaReRanker(scorer=_scorer(args), shape=args.shape, verbose=args.verbose)
+    weight, name = _fusion_weight(args), f"matroyshka-{reranker.shape}"
+    if weight is not None:
+        from .fusion import FirstStageFusion
+
+        reranker, name = FirstStageFusion(reranker, weight), f"{name}-fused{weight:g}"
     result = reranker(_candidates(args))
-    path = write_trec_run(result, args.output, run_name=f"matroyshka-{reranker.shape}")
+    path = write_trec_run(result, args.output, run_name=name)
     print(f"wrote {len(result)} rows for {result['qid'].nunique()} queries to {path}")
 
 
@@ -140,7 +160,8 @@ def cmd_experiment(args) -> None:
 
         extra["MiniLM-L12 teacher"] = MiniLMCrossEncoder()
     candidates = _candidates(args)
-    table = compare_shapes(reranker, shapes, candidates, pt_dataset(args.dataset).get_qrels(), extra=extra)
+    table = compare_shapes(reranker, shapes, candidates, pt_dataset(args.dataset).get_qrels(), extra=extra,
+                           fusion_weight=_fusion_weight(args))
     print(f"\n{args.dataset}: {candidates['qid'].nunique()} queries, top {args.top_k} candidates, "
           f"model {reranker.scorer.name} ({reranker.scorer.dtype}), re-ranking time on {reranker.scorer.device}\n")
     print(format_table(table))

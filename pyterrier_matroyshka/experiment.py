@@ -13,6 +13,7 @@ import pandas as pd
 import pyterrier as pt
 from ir_measures import RR, nDCG
 
+from .fusion import FirstStageFusion
 from .reranker import MatroyshkaReRanker
 from .shape import ShapeLike
 
@@ -50,8 +51,12 @@ def evaluate(run: pd.DataFrame, qrels: pd.DataFrame, measures: Sequence = DEFAUL
 
 
 def compare(candidates: pd.DataFrame, qrels: pd.DataFrame, systems: dict[str, Optional[pt.Transformer]],
-            measures: Sequence = DEFAULT_MEASURES) -> pd.DataFrame:
-    """One row per system (``None`` = the candidates as they are): measures, GFLOP/pair, seconds."""
+            measures: Sequence = DEFAULT_MEASURES, fusion_weight: Optional[float] = None,
+            first_stage_name: str = "BM25") -> pd.DataFrame:
+    """One row per system (``None`` = the candidates as they are): measures, GFLOP/pair, seconds.
+
+    With ``fusion_weight``, every Matroyshka row is followed by the same run interpolated with the
+    candidates' own scores (:class:`~pyterrier_matroyshka.fusion.FirstStageFusion`, no re-scoring)."""
     rows = []
     lengths = None
     queries = candidates["qid"].unique()
@@ -63,18 +68,24 @@ def compare(candidates: pd.DataFrame, qrels: pd.DataFrame, systems: dict[str, Op
         if isinstance(system, MatroyshkaReRanker):
             lengths = lengths or mean_lengths(system, candidates)
             flops = system.scorer.flops(system.shape, *lengths) / 1e9
-        rows.append({"name": name, **evaluate(run, qrels, measures, queries), "GFLOP/pair": flops,
-                     "seconds": seconds if system is not None else float("nan")})
+        row = {"GFLOP/pair": flops, "seconds": seconds if system is not None else float("nan")}
+        rows.append({"name": name, **evaluate(run, qrels, measures, queries), **row})
+        if fusion_weight is not None and isinstance(system, MatroyshkaReRanker):
+            fused = FirstStageFusion(system, fusion_weight).combine(candidates, run)
+            rows.append({"name": f"{name} + {first_stage_name} ({fusion_weight:g})",
+                         **evaluate(fused, qrels, measures, queries), **row})
     return pd.DataFrame(rows)
 
 
 def compare_shapes(reranker: MatroyshkaReRanker, shapes: Sequence[ShapeLike], candidates: pd.DataFrame,
                    qrels: pd.DataFrame, baseline: str = "BM25", measures: Sequence = DEFAULT_MEASURES,
-                   extra: Optional[dict[str, pt.Transformer]] = None) -> pd.DataFrame:
-    """The candidates' own ranking, ``extra`` systems, then ``reranker`` at each shape (weights loaded once)."""
+                   extra: Optional[dict[str, pt.Transformer]] = None,
+                   fusion_weight: Optional[float] = None) -> pd.DataFrame:
+    """The candidates' own ranking, ``extra`` systems, then ``reranker`` at each shape (weights loaded once),
+    each also interpolated with the candidates' scores at ``fusion_weight`` if given."""
     systems: dict[str, Optional[pt.Transformer]] = {baseline: None, **(extra or {})}
     systems.update({str(shape): reranker.with_shape(shape) for shape in shapes})
-    return compare(candidates, qrels, systems, measures)
+    return compare(candidates, qrels, systems, measures, fusion_weight, baseline)
 
 
 def mean_lengths(reranker: MatroyshkaReRanker, candidates: pd.DataFrame, sample: int = 256) -> tuple[int, int, int]:

@@ -77,3 +77,33 @@ def test_merge_compensation_flag_keeps_the_scores(bm25_run, tiny_checkpoint, tmp
     merged, lora, none = (read_trec_run(path).sort_values(["qid", "docno"]) for path in runs.values())
     assert merged.score.to_numpy() == pytest.approx(lora.score.to_numpy(), abs=1e-4)
     assert merged.score.to_numpy() != pytest.approx(none.score.to_numpy(), abs=1e-2)
+
+
+def test_experiment_fuse_adds_a_fused_row_per_shape(tiny_checkpoint, data_dir, capsys):
+    main(["experiment", "--dataset", "cranfield", "--queries", "3", "--top-k", "10", "--model", str(tiny_checkpoint),
+          "--dtype", "fp32", "--shapes", "L8", "L4", "--fuse", "1"])
+    rows = [line.split() for line in capsys.readouterr().out.strip().splitlines()[-5:]]
+    assert [row[0] for row in rows] == ["BM25", "L8", "L8", "L4", "L4"]
+    assert rows[2][1:4] == ["+", "BM25", "(1)"]
+    # at weight 1 the fused ranking is BM25's own, whatever the shape
+    assert rows[2][4:6] == rows[0][1:3] and rows[4][4:6] == rows[0][1:3]
+
+
+def test_rerank_fuse_writes_the_interpolated_run(bm25_run, tiny_checkpoint, tmp_path):
+    from pyterrier_matroyshka.fusion import interpolate
+
+    runs = {}
+    for name, extra in {"plain": [], "fused": ["--fuse", "0.4"]}.items():
+        runs[name] = tmp_path / f"{name}.run"
+        main(["rerank", "--dataset", "cranfield", "--run", str(bm25_run), "--model", str(tiny_checkpoint),
+              "--dtype", "fp32", *extra, "--output", str(runs[name])])
+    bm25, plain, fused = (read_trec_run(p).sort_values(["qid", "docno"]).reset_index(drop=True)
+                          for p in (bm25_run, runs["plain"], runs["fused"]))
+    expected = interpolate(plain.qid, bm25.score, plain.score, 0.4)
+    assert fused.score.to_numpy() == pytest.approx(expected, abs=1e-4)
+
+
+def test_bare_fuse_needs_a_weight_for_other_models(bm25_run, tiny_checkpoint, tmp_path):
+    with pytest.raises(SystemExit, match="give one"):
+        main(["rerank", "--dataset", "cranfield", "--run", str(bm25_run), "--model", str(tiny_checkpoint),
+              "--fuse", "--output", str(tmp_path / "o.run")])

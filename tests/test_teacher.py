@@ -81,6 +81,13 @@ def test_order_restored(ce: teacher.MiniLMCrossEncoder, dl19) -> None:
     assert ce.compute_score([]) == []
 
 
+def test_thread_cap_keeps_the_scores(ce: teacher.MiniLMCrossEncoder, dl19) -> None:
+    pairs = [(q, p) for q, rel, non in dl19_pairs(dl19) for p in (rel, non)]
+    capped = teacher.MiniLMCrossEncoder(batch_size=4, num_threads=1)
+    assert capped.session.get_session_options().intra_op_num_threads == 1
+    assert capped.compute_score(pairs) == pytest.approx(ce.compute_score(pairs), abs=1e-4)
+
+
 def test_transformer_keeps_rows_and_columns(ce: teacher.MiniLMCrossEncoder, dl19) -> None:
     (q1, rel1, non1), (q2, rel2, non2) = dl19_pairs(dl19)[:2]
     inp = pd.DataFrame({"qid": ["1", "2", "1", "2", "1"], "query": [q1, q2, q1, q2, q1],

@@ -1,0 +1,90 @@
+"""Interpolation of a re-ranker with the first stage: ``bm25 % 100 >> FirstStageFusion(reranker, weight)``.
+
+A small re-ranker trained on one collection and BM25 make different mistakes, so a weighted sum of the two
+is often better than either (a standard move since monoBERT). Scores live on different scales, so each
+is z-normalized within its query first:
+
+    score = (1 - weight) * z(re-ranker) + weight * z(first stage)
+
+``weight`` should be chosen on held-out training queries, never on the test set (the demo model's was
+chosen on its SciFact-train holdout: see ``DEMO_FUSION_WEIGHT`` in :mod:`pyterrier_matroyshka.demo`).
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pyterrier as pt
+
+
+def zscore_per_query(qids: pd.Series, scores: pd.Series) -> np.ndarray:
+    """Scores minus their query's mean, over their query's standard deviation (0 where a query's scores
+    are all equal, e.g. a single candidate)."""
+    grouped = scores.astype(float).groupby(qids.to_numpy(), sort=False)
+    spread = grouped.transform("std", ddof=0).to_numpy()
+    centred = (scores.astype(float) - grouped.transform("mean")).to_numpy()
+    return np.divide(centred, spread, out=np.zeros_like(centred), where=spread > 0)
+
+
+def interpolate(qids: pd.Series, first_stage: pd.Series, reranker: pd.Series, weight: float) -> np.ndarray:
+    """``(1 - weight) * z(reranker) + weight * z(first_stage)``, z-normalized per query."""
+    check_weight(weight)
+    return (1 - weight) * zscore_per_query(qids, reranker) + weight * zscore_per_query(qids, first_stage)
+
+
+def check_weight(weight: float) -> None:
+    if not 0.0 <= weight <= 1.0:
+        raise ValueError(f"fusion weight {weight!r} is outside [0, 1]: 0 keeps the re-ranker's order, "
+                         "1 the first stage's")
+
+
+class FirstStageFusion(pt.Transformer):
+    """Re-rank with ``reranker``, then interpolate its scores with the incoming (first-stage) ``score``.
+
+    The output keeps every input row and column, in the re-ranker's row order, with ``score`` (the fused
+    score), ``rank``, ``score_first_stage`` and ``score_reranker``.
+
+    Args:
+        reranker: any PyTerrier re-ranker that writes ``score`` and keeps ``qid``/``docno``.
+        weight: the first stage's share in [0, 1].
+    """
+
+    def __init__(self, reranker: pt.Transformer, weight: float):
+        check_weight(weight)
+        self.reranker, self.weight = reranker, weight
+
+    def transform(self, inp: pd.DataFrame) -> pd.DataFrame:
+        pt.validate.result_frame(inp, extra_columns=["score"])
+        return self.combine(inp, self.reranker(inp))
+
+    def combine(self, candidates: pd.DataFrame, reranked: pd.DataFrame) -> pd.DataFrame:
+        """Fuse an already re-ranked frame with the candidates it came from (no re-scoring)."""
+        first = first_stage_scores(candidates, reranked)
+        out = reranked.drop(columns=["rank"], errors="ignore").assign(
+            score_first_stage=first, score_reranker=reranked["score"].to_numpy())
+        out["score"] = interpolate(out["qid"], out["score_first_stage"], out["score_reranker"], self.weight)
+        return pt.model.add_ranks(out)
+
+    def __repr__(self) -> str:
+        return f"FirstStageFusion({self.reranker!r}, weight={self.weight})"
+
+
+def first_stage_scores(candidates: pd.DataFrame, reranked: pd.DataFrame) -> np.ndarray:
+    """The candidates' ``score`` of each (qid, docno) row of ``reranked``, with clear errors for the
+    cases a fusion cannot handle."""
+    keys = ["qid", "docno"]
+    duplicated = candidates.duplicated(keys)
+    if duplicated.any():
+        row = candidates[duplicated].iloc[0]
+        raise ValueError(f"candidates hold (qid {row['qid']!r}, docno {row['docno']!r}) more than once "
+                         f"({int(duplicated.sum())} duplicate row(s)); drop duplicates before fusing")
+    bad = candidates["score"].isna()
+    if bad.any():
+        row = candidates[bad].iloc[0]
+        raise ValueError(f"first-stage score is missing (NaN) for qid {row['qid']!r}, docno {row['docno']!r} "
+                         f"and {int(bad.sum()) - 1} other row(s); fusion needs a score for every candidate")
+    lookup = candidates.set_index(keys)["score"]
+    first = lookup.reindex(pd.MultiIndex.from_frame(reranked[keys])).to_numpy(dtype=float)
+    if np.isnan(first).any():
+        raise ValueError("the re-ranker returned (qid, docno) rows that are not among its candidates; "
+                         "fusion needs the first stage's score for every re-ranked row")
+    return first
