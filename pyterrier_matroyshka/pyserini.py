@@ -257,12 +257,13 @@ def _best_first(hit: SimpleHit) -> float:
 
 
 def rerank_hits(scorer: PairScorer, query: str, hits: Sequence[Any], searcher: Any = None, shape: Any = None,
-                text_of: Callable[[Any], str] | None = None) -> list[SimpleHit]:
+                text_of: Callable[[Any], str] | None = None, fusion_weight: float | None = None) -> list[SimpleHit]:
     """Re-score Pyserini ``hits`` for ``query`` with ``scorer.compute_score(pairs, shape=shape)`` and return
     them as :class:`SimpleHit` objects sorted by the new score, best first (ties keep the input order).
 
     The texts come from :func:`hit_text`. ``docid``, ``lucene_docid`` and ``lucene_document`` are kept;
-    the first-stage score is replaced. ``shape`` must select one exit (one score per pair).
+    the first-stage score is replaced, or with ``fusion_weight`` interpolated with the new one (as
+    :class:`~pyterrier_matroyshka.fusion.FirstStageFusion` does). ``shape`` must select one exit.
     """
     hits = list(hits)
     if not hits:
@@ -275,10 +276,22 @@ def rerank_hits(scorer: PairScorer, query: str, hits: Sequence[Any], searcher: A
     if len(scores) != len(hits) or any(isinstance(s, (list, tuple)) for s in scores):
         raise ValueError(f"scorer returned {len(scores)} scores (or nested lists) for {len(hits)} hits: "
                          "rerank_hits needs one score per hit (a single-exit shape)")
+    if fusion_weight is not None:
+        scores = _fuse(hits, scores, fusion_weight)
     out = [SimpleHit(docid=str(h.docid), score=float(s), lucene_docid=getattr(h, "lucene_docid", None),
                      lucene_document=getattr(h, "lucene_document", None), raw=getattr(h, "raw", None), text=t)
            for h, s, t in zip(hits, scores, texts)]
     return sorted(out, key=_best_first)
+
+
+def _fuse(hits: Sequence[Any], scores: list[float], weight: float) -> list[float]:
+    from .fusion import interpolate
+
+    first = pd.Series([float(h.score) for h in hits])
+    if first.isna().any():
+        docid = hits[int(first.isna().to_numpy().argmax())].docid
+        raise ValueError(f"hit {docid!r} has no first-stage score (NaN): fusion needs one for every hit")
+    return interpolate(pd.Series(0, index=first.index), first, pd.Series(scores), weight).tolist()
 
 
 # ---------------------------------------------------------------------------------------- data frames

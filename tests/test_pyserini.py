@@ -76,6 +76,21 @@ def test_rerank_simple_hits_order_ties_and_shape_passthrough() -> None:
     assert [h.docid for h in ps.rerank_hits(scorer, "q", hits, text_of=lambda h: "q" * (h.docid == "c"))][0] == "c"
 
 
+def test_rerank_fused_with_the_first_stage() -> None:
+    from pyterrier_matroyshka.fusion import interpolate
+
+    hits = [ps.SimpleHit("a", 9.0, text="nothing here"), ps.SimpleHit("b", 8.0, text="wing flutter"),
+            ps.SimpleHit("c", 1.0, text="wing")]
+    out = ps.rerank_hits(OverlapScorer(), "wing flutter", hits, fusion_weight=0.5)
+    # overlap 0, 2, 1 against BM25 9, 8, 1: "a" (BM25's best, no overlap) now edges out "c"
+    assert [h.docid for h in out] == ["b", "a", "c"]
+    expected = interpolate(pd.Series([0] * 3), pd.Series([9.0, 8.0, 1.0]), pd.Series([0.0, 2.0, 1.0]), 0.5)
+    assert {h.docid: h.score for h in out} == pytest.approx(dict(zip("abc", expected)))
+    assert [h.docid for h in ps.rerank_hits(OverlapScorer(), "wing flutter", hits, fusion_weight=1.0)] == list("abc")
+    with pytest.raises(ValueError, match="hit 'a' has no first-stage score"):
+        ps.rerank_hits(OverlapScorer(), "q", [ps.SimpleHit("a", float("nan"), text="x")], fusion_weight=0.5)
+
+
 def test_rerank_rejects_multi_exit_scores_and_missing_text() -> None:
     class TwoExits:
         def compute_score(self, pairs, shape=None):
