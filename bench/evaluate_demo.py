@@ -5,6 +5,7 @@ and pandas, not PyTerrier):
 
     python bench/evaluate_demo.py candidates              # BM25 top-k with texts -> runs/eval/*.parquet
     python bench/evaluate_demo.py score --systems zero_shot naive stage1 matroyshka teacher
+    python bench/evaluate_demo.py merge --merge-from A B  # (optional) join scores of query shards / ratios
     python bench/evaluate_demo.py evaluate                # scores + qrels -> bench/results/*.json
     python bench/evaluate_demo.py report                  # the tables (README, model card)
 
@@ -159,6 +160,21 @@ def write_scores(args) -> None:
             (args.scores / f"{tag(dataset)}__{name}.timing.json").write_text(json.dumps(timing, indent=1))
 
 
+def merge_scores(sources: list[Path], target: Path) -> None:
+    """Score files of the same name from several folders (query shards, or other ratios of the same
+    queries) as one: rows joined on (qid, docno), each column taken where it was scored. Timings are
+    the first folder's (scored on its own pairs; merged shards keep the costs of one timing run)."""
+    target.mkdir(parents=True, exist_ok=True)
+    for name in sorted({p.name for folder in sources for p in folder.glob("*.parquet")}):
+        frames = [pd.read_parquet(folder / name) for folder in sources if (folder / name).exists()]
+        merged = pd.concat(frames, ignore_index=True).groupby(["qid", "docno"], sort=False).first().reset_index()
+        merged.to_parquet(target / name)
+        timing = next(folder / name for folder in sources if (folder / name).exists()).with_suffix(".timing.json")
+        meta = {**json.loads(timing.read_text()), "pairs": len(merged), "merged_from": [str(s) for s in sources]}
+        (target / timing.name).write_text(json.dumps(meta, indent=1))
+        print(f"{name}: {len(merged)} rows, {merged.qid.nunique()} queries, {merged.columns.size - 2} score columns")
+
+
 # -- step 3: metrics ------------------------------------------------------------------------------------
 def write_metrics(args) -> None:
     from pyterrier_matroyshka.experiment import evaluate
@@ -248,7 +264,7 @@ def report(out: Path, fused: bool = True) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("step", choices=["candidates", "score", "evaluate", "report", "fusion"])
+    parser.add_argument("step", choices=["candidates", "score", "merge", "evaluate", "report", "fusion"])
     parser.add_argument("--datasets", nargs="*", default=DATASETS)
     parser.add_argument("--systems", nargs="*", default=list(SYSTEMS))
     parser.add_argument("--top-k", type=int, default=100)
@@ -264,6 +280,8 @@ def main() -> None:
     parser.add_argument("--fusion-weight", type=float, default=DEMO_FUSION_WEIGHT,
                         help="evaluate: BM25's share in the '+ BM25' rows (default: the demo model's, chosen on "
                              "the SciFact-train holdout with the fusion step)")
+    parser.add_argument("--merge-from", type=Path, nargs="*", default=[],
+                        help="merge: score folders to join into --scores (query shards, other ratios)")
     parser.add_argument("--no-fused", action="store_true", help="report: leave out the '+ BM25' rows")
     parser.add_argument("--max-length", type=int, default=192, help="passage token budget (as trained)")
     parser.add_argument("--batch-size", type=int, default=16)
@@ -285,6 +303,8 @@ def main() -> None:
             write_candidates(dataset, args.top_k, count, args.candidates, only)
     elif args.step == "score":
         write_scores(args)
+    elif args.step == "merge":
+        merge_scores(args.merge_from, args.scores)
     elif args.step == "evaluate":
         write_metrics(args)
     elif args.step == "fusion":

@@ -6,4 +6,4 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 export MATROYSHKA_CACHE=${MATROYSHKA_CACHE:-$PWD/.cache}
 exec .venv/bin/python -m pyterrier_matroyshka experiment --dataset "${DATASET:-beir/scifact/test}" \
-    --top-k "${TOP_K:-20}" --queries "${QUERIES:-50}" --teacher "$@"
+    --top-k "${TOP_K:-20}" --queries "${QUERIES:-50}" --teacher --fuse "$@"

@@ -1,0 +1,64 @@
+"""The evaluation script's bookkeeping: merging query shards and ratios, fused rows next to each shape."""
+from __future__ import annotations
+
+import importlib.util
+import json
+from argparse import Namespace
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from pyterrier_matroyshka.fusion import interpolate
+
+SCRIPT = Path(__file__).resolve().parent.parent / "bench" / "evaluate_demo.py"
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("evaluate_demo", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def write(folder: Path, name: str, frame: pd.DataFrame, timing: dict) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    frame.to_parquet(folder / f"{name}.parquet")
+    (folder / f"{name}.timing.json").write_text(json.dumps(timing))
+
+
+def test_merge_joins_shards_and_ratios(bench, tmp_path):
+    name = "beir_scifact_test__matroyshka"
+    write(tmp_path / "a", name, pd.DataFrame({"qid": ["1", "1"], "docno": ["x", "y"], "score_L30": [1.0, 2.0],
+                                              "score_L30:r2@4": [3.0, 4.0]}), {"device": "cpu", "pairs": 2})
+    write(tmp_path / "b", name, pd.DataFrame({"qid": ["2"], "docno": ["z"], "score_L30": [5.0]}), {"pairs": 1})
+    write(tmp_path / "b_r2", name, pd.DataFrame({"qid": ["2"], "docno": ["z"], "score_L30:r2@4": [6.0]}), {})
+    bench.merge_scores([tmp_path / "a", tmp_path / "b", tmp_path / "b_r2"], tmp_path / "all")
+    merged = pd.read_parquet(tmp_path / "all" / f"{name}.parquet")
+    assert merged.to_dict("list") == {"qid": ["1", "1", "2"], "docno": ["x", "y", "z"], "score_L30": [1.0, 2.0, 5.0],
+                                      "score_L30:r2@4": [3.0, 4.0, 6.0]}
+    timing = json.loads((tmp_path / "all" / f"{name}.timing.json").read_text())
+    assert timing["device"] == "cpu" and timing["pairs"] == 3 and len(timing["merged_from"]) == 3
+
+
+def test_metrics_have_a_fused_entry_per_shape(bench, tmp_path):
+    dataset, candidates, scores = "beir/scifact/test", tmp_path / "candidates", tmp_path / "scores"
+    candidates.mkdir()
+    run = pd.DataFrame({"qid": ["1"] * 3, "docno": ["a", "b", "c"], "score": [3.0, 2.0, 1.0], "rank": [0, 1, 2]})
+    run.to_parquet(candidates / "beir_scifact_test.run.parquet")
+    qrels = pd.DataFrame({"qid": ["1"], "docno": ["b"], "label": [1]})
+    qrels.to_parquet(candidates / "beir_scifact_test.qrels.parquet")
+    # the model puts b last, BM25 second: alone it ranks b third; fused at 0.5 (z-scores) b comes second
+    write(scores, "beir_scifact_test__matroyshka",
+          pd.DataFrame({"qid": ["1"] * 3, "docno": ["a", "b", "c"], "score_L30": [1.0, 0.0, 0.1]}),
+          {"device": "cpu", "gflops": {"L30": 2.0}})
+    bench.write_metrics(Namespace(datasets=[dataset], candidates=candidates, scores=scores, out=tmp_path / "out",
+                                  fusion_weight=0.5))
+    results = json.loads((tmp_path / "out" / "beir_scifact_test__matroyshka.json").read_text())
+    assert results["L30"]["RR@10"] == pytest.approx(1 / 3)
+    fused = interpolate(run.qid, run.score, pd.Series([1.0, 0.0, 0.1]), 0.5)
+    assert fused[1] < fused[0] and fused[1] > fused[2]
+    assert results["L30 + BM25"]["RR@10"] == pytest.approx(1 / 2) and results["L30 + BM25"]["gflops"] == 2.0
+    meta = json.loads((tmp_path / "out" / "beir_scifact_test__bm25.json").read_text())
+    assert meta["fusion_weight"] == 0.5 and meta["RR@10"] == pytest.approx(1 / 2)
