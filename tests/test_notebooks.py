@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
-EXPECTED = {"quickstart.ipynb": "Matroyshka L30", "shapes.ipynb": "L30:r4@4", "training.ipynb": "L30:r2@4"}
+EXPECTED = {"quickstart.ipynb": "Matroyshka L30 + BM25", "shapes.ipynb": "L30:r4@4", "training.ipynb": "L30:r2@4"}
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))
