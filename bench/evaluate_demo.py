@@ -236,29 +236,33 @@ def fusion_grid(args) -> None:
 
 
 def report(out: Path, fused: bool = True) -> str:
+    """One table per dataset, a row per system and shape; with ``fused`` a column of the same run
+    interpolated with BM25 (the weight ``evaluate`` used)."""
     lines = []
     for dataset in DATASETS:
         files = {p.stem.split("__")[1]: json.loads(p.read_text()) for p in out.glob(f"{tag(dataset)}__*.json")}
         if not files:
             continue
         meta = files.pop("bm25")
-        fusion = (f"; '+ BM25': interpolated with BM25 at weight {meta['fusion_weight']} (z-scores per query)"
-                  if meta.get("fusion_weight") is not None else "")
-        lines += [f"\n### {dataset}: {meta['queries']} queries, BM25 top-{meta['top_k']} re-ranked{fusion}\n",
-                  "| system | shape | nDCG@10 | RR@10 | GFLOP/pair | ms/pair |", "|---|---|---|---|---|---|",
-                  f"| BM25 | - | {meta['nDCG@10']:.4f} | {meta['RR@10']:.4f} | - | - |"]
+        show = fused and meta.get("fusion_weight") is not None
+        extra = (f"; '+ BM25': interpolated with BM25 at weight {meta['fusion_weight']} (z-scores per query)"
+                 if show else "")
+        lines += [f"\n### {dataset}: {meta['queries']} queries, BM25 top-{meta['top_k']} re-ranked{extra}\n",
+                  "| system | shape | nDCG@10 | RR@10 |" + (" nDCG@10 + BM25 |" if show else "")
+                  + " GFLOP/pair | ms/pair |", "|---|---|---|---|" + ("---|" if show else "") + "---|---|",
+                  f"| BM25 | - | {meta['nDCG@10']:.4f} | {meta['RR@10']:.4f} |" + (" - |" if show else "")
+                  + " - | - |"]
         for name in SYSTEMS:
-            rows = sorted(files.get(name, {}).items(), key=lambda kv: -(kv[1]["gflops"] or 0))
-            if not fused:
-                rows = [(shape, r) for shape, r in rows if not shape.endswith(FUSED)]
-            for shape, r in rows:
-                label = "MiniLM-L12 teacher" if name == "teacher" else name
-                if shape.endswith(FUSED):
-                    label, shape = label + FUSED, shape.removesuffix(FUSED)
+            results = files.get(name, {})
+            shapes = sorted((s for s in results if not s.endswith(FUSED)), key=lambda s: -(results[s]["gflops"] or 0))
+            for shape in shapes:
+                r = results[shape]
                 cost = "-" if r["gflops"] is None else f"{r['gflops']:.2f}"
                 ms = "-" if r["ms_per_pair"] is None else f"{r['ms_per_pair']:.2f}"
-                lines.append(f"| {label} | {'-' if name == 'teacher' else shape} | {r['nDCG@10']:.4f} | "
-                             f"{r['RR@10']:.4f} | {cost} | {ms} |")
+                with_bm25 = f" {results[shape + FUSED]['nDCG@10']:.4f} |" if show else ""
+                lines.append(f"| {'MiniLM-L12 teacher' if name == 'teacher' else name} | "
+                             f"{'-' if name == 'teacher' else shape} | {r['nDCG@10']:.4f} | {r['RR@10']:.4f} |"
+                             f"{with_bm25} {cost} | {ms} |")
     return "\n".join(lines)
 
 

@@ -62,3 +62,8 @@ def test_metrics_have_a_fused_entry_per_shape(bench, tmp_path):
     assert results["L30 + BM25"]["RR@10"] == pytest.approx(1 / 2) and results["L30 + BM25"]["gflops"] == 2.0
     meta = json.loads((tmp_path / "out" / "beir_scifact_test__bm25.json").read_text())
     assert meta["fusion_weight"] == 0.5 and meta["RR@10"] == pytest.approx(1 / 2)
+    table = bench.report(tmp_path / "out")
+    assert "| nDCG@10 + BM25 |" in table
+    row = next(line for line in table.splitlines() if line.startswith("| matroyshka | L30 |"))
+    assert row.split(" | ")[4] == f"{results['L30 + BM25']['nDCG@10']:.4f}"
+    assert "nDCG@10 + BM25" not in bench.report(tmp_path / "out", fused=False)
