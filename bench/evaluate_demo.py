@@ -8,6 +8,8 @@ and pandas, not PyTerrier):
     python bench/evaluate_demo.py merge --merge-from A B  # (optional) join scores of query shards / ratios
     python bench/evaluate_demo.py evaluate                # scores + qrels -> bench/results/*.json
     python bench/evaluate_demo.py report                  # the tables (README, model card)
+    python bench/evaluate_demo.py significance            # paired t-tests against BM25, alone and fused
+    python bench/evaluate_demo.py fusion                  # the BM25 fusion weight grid (run on the holdout)
 
 Systems: the MiniLM teacher, the zero-shot SmolLM2 base, the base fine-tuned at its last exit only
 ("naive", cut at earlier exits), stage 1 only, and stage 1 + compensation (the shipped model). Every exit
@@ -235,6 +237,43 @@ def fusion_grid(args) -> None:
                       + f" | {best} |")
 
 
+def per_query_ndcg(run: pd.DataFrame, qrels: pd.DataFrame, queries) -> "pd.Series":
+    """nDCG@10 of each of ``queries`` (0 for a query without results)."""
+    import ir_measures
+
+    results = run.rename(columns={"qid": "query_id", "docno": "doc_id"})[["query_id", "doc_id", "score"]]
+    judged = qrels.rename(columns={"qid": "query_id", "docno": "doc_id", "label": "relevance"})
+    values = {m.query_id: m.value for m in ir_measures.iter_calc([ir_measures.nDCG @ 10], judged, results)}
+    return pd.Series([values.get(q, 0.0) for q in queries], index=queries)
+
+
+def significance(args) -> None:
+    """Paired t-tests over queries of every scored shape, alone and fused with BM25, against BM25."""
+    from scipy.stats import ttest_rel
+
+    from pyterrier_matroyshka.fusion import interpolate
+
+    for dataset in args.datasets:
+        run = pd.read_parquet(args.candidates / f"{tag(dataset)}.run.parquet")
+        qrels = pd.read_parquet(args.candidates / f"{tag(dataset)}.qrels.parquet")
+        queries = run["qid"].unique()
+        bm25 = per_query_ndcg(run, qrels, queries)
+        print(f"\n{dataset}: {len(queries)} queries, nDCG@10 minus BM25's ({bm25.mean():.4f}), paired t-test p\n")
+        print("| system | shape | alone | p | + BM25 | p |\n|---|---|---|---|---|---|")
+        for name in args.systems:
+            file = args.scores / f"{tag(dataset)}__{name}.parquet"
+            if not file.exists():
+                continue
+            scores = pd.read_parquet(file).merge(run[["qid", "docno", "score"]], on=["qid", "docno"])
+            for column in [c for c in scores.columns if c.startswith("score_")]:
+                fused = interpolate(scores["qid"], scores["score"], scores[column], args.fusion_weight)
+                cells = []
+                for values in (scores[column], fused):
+                    ndcg = per_query_ndcg(scores.assign(score=values), qrels, queries)
+                    cells += [f"{(ndcg - bm25).mean():+.4f}", f"{ttest_rel(ndcg, bm25).pvalue:.2g}"]
+                print(f"| {name} | {column.removeprefix('score_')} | " + " | ".join(cells) + " |")
+
+
 def report(out: Path, fused: bool = True) -> str:
     """One table per dataset, a row per system and shape; with ``fused`` a column of the same run
     interpolated with BM25 (the weight ``evaluate`` used)."""
@@ -268,7 +307,8 @@ def report(out: Path, fused: bool = True) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("step", choices=["candidates", "score", "merge", "evaluate", "report", "fusion"])
+    parser.add_argument("step", choices=["candidates", "score", "merge", "evaluate", "report", "significance",
+                                         "fusion"])
     parser.add_argument("--datasets", nargs="*", default=DATASETS)
     parser.add_argument("--systems", nargs="*", default=list(SYSTEMS))
     parser.add_argument("--top-k", type=int, default=100)
@@ -313,6 +353,8 @@ def main() -> None:
         write_metrics(args)
     elif args.step == "fusion":
         fusion_grid(args)
+    elif args.step == "significance":
+        significance(args)
     else:
         print(report(args.out, not args.no_fused))
 
