@@ -18,6 +18,10 @@ import ir_measures
 DEFAULT_SHAPES = ["L30", "L20", "L10", "L30:r2@4", "L30:r4@4"]
 
 
+def _weight_or_demo(text: str):
+    return text if text == "demo" else float(text)
+
+
 def _model_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default=None, help="folder or hub id: released layout or a raw base LM "
                                                       "(default: the demo model, SmolLM2-135M + its adapters)")
@@ -33,9 +37,10 @@ def _model_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-length", type=int, default=None, help="passage token budget (default 512; "
                                                                      "256 for the demo model)")
     parser.add_argument("--reference-compat", action="store_true", help="replay the reference's bugs B1 and B2")
-    parser.add_argument("--fuse", nargs="?", type=float, const=-1.0, default=None, metavar="WEIGHT",
+    parser.add_argument("--fuse", nargs="?", type=_weight_or_demo, const="demo", default=None, metavar="WEIGHT",
                         help="interpolate with the first stage's scores, WEIGHT its share in [0, 1] (z-scores per "
-                             "query); without a value: the demo model's weight, chosen on its SciFact-train holdout")
+                             "query); without a value (or 'demo'): the demo model's weight, chosen on its "
+                             "SciFact-train holdout")
 
 
 def _candidate_args(parser: argparse.ArgumentParser) -> None:
@@ -91,10 +96,15 @@ def _scorer(args):
 
 
 def _fusion_weight(args) -> Optional[float]:
-    """--fuse's weight: as given, or the demo model's holdout-chosen one for a bare --fuse."""
+    """--fuse's weight: as given (checked before any scoring), or the demo model's holdout-chosen one for a
+    bare --fuse."""
     from .demo import DEMO_FUSION_WEIGHT
+    from .fusion import check_weight
 
-    if args.fuse is None or args.fuse >= 0:
+    if args.fuse is None:
+        return None
+    if args.fuse != "demo":
+        check_weight(args.fuse)
         return args.fuse
     if args.model is not None:
         raise SystemExit("--fuse without a weight means the demo model's weight; for --model give one, "
@@ -123,8 +133,9 @@ def cmd_rerank(args) -> None:
     from .reranker import MatroyshkaReRanker
     from .trec import write_trec_run
 
+    weight = _fusion_weight(args)
     reranker = MatroyshkaReRanker(scorer=_scorer(args), shape=args.shape, verbose=args.verbose)
-    weight, name = _fusion_weight(args), f"matroyshka-{reranker.shape}"
+    name = f"matroyshka-{reranker.shape}"
     if weight is not None:
         from .fusion import FirstStageFusion
 
@@ -152,6 +163,7 @@ def cmd_experiment(args) -> None:
     from .experiment import compare_shapes, format_table
     from .reranker import MatroyshkaReRanker
 
+    weight = _fusion_weight(args)
     reranker = MatroyshkaReRanker(scorer=_scorer(args), verbose=args.verbose)
     shapes = args.shapes or default_shapes(reranker.scorer.exits)
     extra = {}
@@ -161,7 +173,7 @@ def cmd_experiment(args) -> None:
         extra["MiniLM-L12 teacher"] = MiniLMCrossEncoder()
     candidates = _candidates(args)
     table = compare_shapes(reranker, shapes, candidates, pt_dataset(args.dataset).get_qrels(), extra=extra,
-                           fusion_weight=_fusion_weight(args))
+                           fusion_weight=weight)
     print(f"\n{args.dataset}: {candidates['qid'].nunique()} queries, top {args.top_k} candidates, "
           f"model {reranker.scorer.name} ({reranker.scorer.dtype}), re-ranking time on {reranker.scorer.device}\n")
     print(format_table(table))

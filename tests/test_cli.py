@@ -107,3 +107,9 @@ def test_bare_fuse_needs_a_weight_for_other_models(bm25_run, tiny_checkpoint, tm
     with pytest.raises(SystemExit, match="give one"):
         main(["rerank", "--dataset", "cranfield", "--run", str(bm25_run), "--model", str(tiny_checkpoint),
               "--fuse", "--output", str(tmp_path / "o.run")])
+
+
+def test_fuse_weight_out_of_range_fails_before_scoring(bm25_run, tmp_path):
+    with pytest.raises(ValueError, match=r"outside \[0, 1\]"):
+        main(["rerank", "--dataset", "cranfield", "--run", str(bm25_run), "--model", "no/such-model",
+              "--fuse", "-0.5", "--output", str(tmp_path / "o.run")])
