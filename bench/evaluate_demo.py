@@ -178,14 +178,24 @@ def merge_scores(sources: list[Path], target: Path) -> None:
 
 
 # -- step 3: metrics ------------------------------------------------------------------------------------
+def read_judged(dataset: str, folder: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The candidates' BM25 run and their qrels."""
+    return (pd.read_parquet(folder / f"{tag(dataset)}.run.parquet"),
+            pd.read_parquet(folder / f"{tag(dataset)}.qrels.parquet"))
+
+
+def read_scored(file: Path, run: pd.DataFrame) -> pd.DataFrame:
+    """A system's score columns beside BM25's ``score`` of the same (qid, docno)."""
+    return pd.read_parquet(file).merge(run[["qid", "docno", "score"]], on=["qid", "docno"], validate="one_to_one")
+
+
 def write_metrics(args) -> None:
     from pyterrier_matroyshka.experiment import evaluate
     from pyterrier_matroyshka.fusion import interpolate
 
     args.out.mkdir(parents=True, exist_ok=True)
     for dataset in args.datasets:
-        run = pd.read_parquet(args.candidates / f"{tag(dataset)}.run.parquet")
-        qrels = pd.read_parquet(args.candidates / f"{tag(dataset)}.qrels.parquet")
+        run, qrels = read_judged(dataset, args.candidates)
         queries = run["qid"].unique()
         meta = {**evaluate(run, qrels, queries=queries), "queries": len(queries),
                 "top_k": int(run["rank"].max()) + 1, "pairs": len(run), "fusion_weight": args.fusion_weight}
@@ -194,8 +204,7 @@ def write_metrics(args) -> None:
             file = args.scores / f"{tag(dataset)}__{name}.parquet"
             if not file.exists():
                 continue
-            scores = pd.read_parquet(file).merge(run[["qid", "docno", "score"]], on=["qid", "docno"],
-                                                 validate="one_to_one")
+            scores = read_scored(file, run)
             timing = json.loads(file.with_suffix(".timing.json").read_text())
             results = {}
             for column in [c for c in scores.columns if c.startswith("score_")]:
@@ -219,8 +228,7 @@ def fusion_grid(args) -> None:
 
     weights = [round(w / 10, 1) for w in range(11)]
     for dataset in args.datasets:
-        run = pd.read_parquet(args.candidates / f"{tag(dataset)}.run.parquet")
-        qrels = pd.read_parquet(args.candidates / f"{tag(dataset)}.qrels.parquet")
+        run, qrels = read_judged(dataset, args.candidates)
         print(f"\n{dataset}: {run.qid.nunique()} queries, nDCG@10 by BM25 weight")
         print("| system | shape | " + " | ".join(map(str, weights)) + " | best |")
         print("|---|---|" + "---|" * (len(weights) + 1))
@@ -228,7 +236,7 @@ def fusion_grid(args) -> None:
             file = args.scores / f"{tag(dataset)}__{name}.parquet"
             if not file.exists():
                 continue
-            scores = pd.read_parquet(file).merge(run[["qid", "docno", "score"]], on=["qid", "docno"])
+            scores = read_scored(file, run)
             for column in [c for c in scores.columns if c.startswith("score_")]:
                 values = [evaluate(scores.assign(score=interpolate(scores["qid"], scores["score"], scores[column], w)),
                                    qrels, queries=run["qid"].unique())["nDCG@10"] for w in weights]
@@ -254,8 +262,7 @@ def significance(args) -> None:
     from pyterrier_matroyshka.fusion import interpolate
 
     for dataset in args.datasets:
-        run = pd.read_parquet(args.candidates / f"{tag(dataset)}.run.parquet")
-        qrels = pd.read_parquet(args.candidates / f"{tag(dataset)}.qrels.parquet")
+        run, qrels = read_judged(dataset, args.candidates)
         queries = run["qid"].unique()
         bm25 = per_query_ndcg(run, qrels, queries)
         print(f"\n{dataset}: {len(queries)} queries, nDCG@10 minus BM25's ({bm25.mean():.4f}), paired t-test p\n")
@@ -264,7 +271,7 @@ def significance(args) -> None:
             file = args.scores / f"{tag(dataset)}__{name}.parquet"
             if not file.exists():
                 continue
-            scores = pd.read_parquet(file).merge(run[["qid", "docno", "score"]], on=["qid", "docno"])
+            scores = read_scored(file, run)
             for column in [c for c in scores.columns if c.startswith("score_")]:
                 fused = interpolate(scores["qid"], scores["score"], scores[column], args.fusion_weight)
                 cells = []
