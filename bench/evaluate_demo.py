@@ -256,7 +256,8 @@ def per_query_ndcg(run: pd.DataFrame, qrels: pd.DataFrame, queries) -> "pd.Serie
 
 
 def significance(args) -> None:
-    """Paired t-tests over queries of every scored shape, alone and fused with BM25, against BM25."""
+    """Paired t-tests over queries of every scored shape, alone and fused with BM25: against BM25, or with
+    ``--versus SYSTEM`` against the same shape (alone, fused) of that system."""
     from scipy.stats import ttest_rel
 
     from pyterrier_matroyshka.fusion import interpolate
@@ -264,21 +265,31 @@ def significance(args) -> None:
     for dataset in args.datasets:
         run, qrels = read_judged(dataset, args.candidates)
         queries = run["qid"].unique()
-        bm25 = per_query_ndcg(run, qrels, queries)
-        print(f"\n{dataset}: {len(queries)} queries, nDCG@10 minus BM25's ({bm25.mean():.4f}), paired t-test p\n")
-        print("| system | shape | alone | p | + BM25 | p |\n|---|---|---|---|---|---|")
-        for name in args.systems:
+
+        def shape_ndcg(name: str) -> dict[str, tuple[pd.Series, pd.Series]]:
+            """shape -> per-query nDCG@10 of the system alone and fused."""
             file = args.scores / f"{tag(dataset)}__{name}.parquet"
             if not file.exists():
-                continue
+                return {}
             scores = read_scored(file, run)
-            for column in [c for c in scores.columns if c.startswith("score_")]:
-                fused = interpolate(scores["qid"], scores["score"], scores[column], args.fusion_weight)
+            return {column.removeprefix("score_"): tuple(
+                per_query_ndcg(scores.assign(score=values), qrels, queries) for values in
+                (scores[column], interpolate(scores["qid"], scores["score"], scores[column], args.fusion_weight)))
+                for column in scores.columns if column.startswith("score_")}
+
+        bm25 = per_query_ndcg(run, qrels, queries)
+        versus = shape_ndcg(args.versus) if args.versus else None
+        against = f"that of the same shape of {args.versus}" if args.versus else f"BM25's ({bm25.mean():.4f})"
+        print(f"\n{dataset}: {len(queries)} queries, nDCG@10 minus {against}, paired t-test p\n")
+        print("| system | shape | alone | p | + BM25 | p |\n|---|---|---|---|---|---|")
+        for name in args.systems:
+            for shape, pair in shape_ndcg(name).items():
+                if versus is not None and shape not in versus:
+                    continue
                 cells = []
-                for values in (scores[column], fused):
-                    ndcg = per_query_ndcg(scores.assign(score=values), qrels, queries)
-                    cells += [f"{(ndcg - bm25).mean():+.4f}", f"{ttest_rel(ndcg, bm25).pvalue:.2g}"]
-                print(f"| {name} | {column.removeprefix('score_')} | " + " | ".join(cells) + " |")
+                for ndcg, reference in zip(pair, versus[shape] if versus is not None else (bm25, bm25)):
+                    cells += [f"{(ndcg - reference).mean():+.4f}", f"{ttest_rel(ndcg, reference).pvalue:.2g}"]
+                print(f"| {name} | {shape} | " + " | ".join(cells) + " |")
 
 
 def report(out: Path, fused: bool = True) -> str:
@@ -333,6 +344,8 @@ def main() -> None:
                              "the SciFact-train holdout with the fusion step)")
     parser.add_argument("--merge-from", type=Path, nargs="*", default=[],
                         help="merge: score folders to join into --scores (query shards, other ratios)")
+    parser.add_argument("--versus", default=None,
+                        help="significance: compare with the same shape of this system instead of BM25")
     parser.add_argument("--no-fused", action="store_true", help="report: leave out the '+ BM25' rows")
     parser.add_argument("--max-length", type=int, default=192, help="passage token budget (as trained)")
     parser.add_argument("--batch-size", type=int, default=16)
