@@ -19,6 +19,7 @@ on the same fixed sample of pairs, so the time column compares shapes on equal w
 from __future__ import annotations
 
 import argparse
+from collections.abc import Iterator
 import json
 import sys
 import time
@@ -184,14 +185,30 @@ def read_judged(dataset: str, folder: Path) -> tuple[pd.DataFrame, pd.DataFrame]
             pd.read_parquet(folder / f"{tag(dataset)}.qrels.parquet"))
 
 
-def read_scored(file: Path, run: pd.DataFrame) -> pd.DataFrame:
-    """A system's score columns beside BM25's ``score`` of the same (qid, docno)."""
-    return pd.read_parquet(file).merge(run[["qid", "docno", "score"]], on=["qid", "docno"], validate="one_to_one")
+def scored_systems(dataset: str, run: pd.DataFrame, folder: Path, names) -> Iterator[tuple[str, Path, pd.DataFrame]]:
+    """Each of ``names`` scored on ``dataset`` in ``folder``: its name, score file, and score columns beside
+    BM25's ``score`` of the same (qid, docno). Systems not scored there are skipped."""
+    for name in names:
+        file = folder / f"{tag(dataset)}__{name}.parquet"
+        if file.exists():
+            yield name, file, pd.read_parquet(file).merge(run[["qid", "docno", "score"]], on=["qid", "docno"],
+                                                          validate="one_to_one")
+
+
+def shape_columns(scores: pd.DataFrame) -> Iterator[tuple[str, str]]:
+    """(shape, column) of each score column of a system's frame."""
+    return ((c.removeprefix("score_"), c) for c in scores.columns if c.startswith("score_"))
+
+
+def with_bm25(scores: pd.DataFrame, column: str, weight: float) -> pd.DataFrame:
+    """The frame scored by ``column`` interpolated with BM25's ``score`` (what FirstStageFusion does)."""
+    from pyterrier_matroyshka.fusion import interpolate
+
+    return scores.assign(score=interpolate(scores["qid"], scores["score"], scores[column], weight))
 
 
 def write_metrics(args) -> None:
     from pyterrier_matroyshka.experiment import evaluate
-    from pyterrier_matroyshka.fusion import interpolate
 
     args.out.mkdir(parents=True, exist_ok=True)
     for dataset in args.datasets:
@@ -200,21 +217,15 @@ def write_metrics(args) -> None:
         meta = {**evaluate(run, qrels, queries=queries), "queries": len(queries),
                 "top_k": int(run["rank"].max()) + 1, "pairs": len(run), "fusion_weight": args.fusion_weight}
         (args.out / f"{tag(dataset)}__bm25.json").write_text(json.dumps(meta, indent=1))
-        for name in SYSTEMS:
-            file = args.scores / f"{tag(dataset)}__{name}.parquet"
-            if not file.exists():
-                continue
-            scores = read_scored(file, run)
+        for name, file, scores in scored_systems(dataset, run, args.scores, SYSTEMS):
             timing = json.loads(file.with_suffix(".timing.json").read_text())
             results = {}
-            for column in [c for c in scores.columns if c.startswith("score_")]:
-                shape = column.removeprefix("score_")
+            for shape, column in shape_columns(scores):
                 cost = {"gflops": timing.get("gflops", {}).get(shape),
                         "ms_per_pair": 1000 * timing["shape_seconds"][shape] / timing["timing_pairs"]
                         if "shape_seconds" in timing else None, "device": timing["device"]}
                 alone = evaluate(scores.assign(score=scores[column]), qrels, queries=queries)
-                fused = evaluate(scores.assign(score=interpolate(scores["qid"], scores["score"], scores[column],
-                                                                 args.fusion_weight)), qrels, queries=queries)
+                fused = evaluate(with_bm25(scores, column, args.fusion_weight), qrels, queries=queries)
                 results[shape] = {**alone, **cost}
                 results[shape + FUSED] = {**fused, **cost}
             (args.out / f"{tag(dataset)}__{name}.json").write_text(json.dumps(results, indent=1))
@@ -224,7 +235,6 @@ def fusion_grid(args) -> None:
     """nDCG@10 of every scored shape interpolated with BM25 at weights 0, 0.1, ..., 1 (0 = the re-ranker
     alone, 1 = BM25): run it on the SciFact-train holdout to choose the weight."""
     from pyterrier_matroyshka.experiment import evaluate
-    from pyterrier_matroyshka.fusion import interpolate
 
     weights = [round(w / 10, 1) for w in range(11)]
     for dataset in args.datasets:
@@ -232,58 +242,41 @@ def fusion_grid(args) -> None:
         print(f"\n{dataset}: {run.qid.nunique()} queries, nDCG@10 by BM25 weight")
         print("| system | shape | " + " | ".join(map(str, weights)) + " | best |")
         print("|---|---|" + "---|" * (len(weights) + 1))
-        for name in args.systems:
-            file = args.scores / f"{tag(dataset)}__{name}.parquet"
-            if not file.exists():
-                continue
-            scores = read_scored(file, run)
-            for column in [c for c in scores.columns if c.startswith("score_")]:
-                values = [evaluate(scores.assign(score=interpolate(scores["qid"], scores["score"], scores[column], w)),
-                                   qrels, queries=run["qid"].unique())["nDCG@10"] for w in weights]
+        for name, _, scores in scored_systems(dataset, run, args.scores, args.systems):
+            for shape, column in shape_columns(scores):
+                values = [evaluate(with_bm25(scores, column, w), qrels, queries=run["qid"].unique())["nDCG@10"]
+                          for w in weights]
                 best = weights[max(range(len(weights)), key=values.__getitem__)]
-                print(f"| {name} | {column.removeprefix('score_')} | " + " | ".join(f"{v:.4f}" for v in values)
-                      + f" | {best} |")
-
-
-def per_query_ndcg(run: pd.DataFrame, qrels: pd.DataFrame, queries) -> "pd.Series":
-    """nDCG@10 of each of ``queries`` (0 for a query without results)."""
-    import ir_measures
-
-    results = run.rename(columns={"qid": "query_id", "docno": "doc_id"})[["query_id", "doc_id", "score"]]
-    judged = qrels.rename(columns={"qid": "query_id", "docno": "doc_id", "label": "relevance"})
-    values = {m.query_id: m.value for m in ir_measures.iter_calc([ir_measures.nDCG @ 10], judged, results)}
-    return pd.Series([values.get(q, 0.0) for q in queries], index=queries)
+                print(f"| {name} | {shape} | " + " | ".join(f"{v:.4f}" for v in values) + f" | {best} |")
 
 
 def significance(args) -> None:
     """Paired t-tests over queries of every scored shape, alone and fused with BM25: against BM25, or with
     ``--versus SYSTEM`` against the same shape (alone, fused) of that system."""
+    from ir_measures import nDCG
     from scipy.stats import ttest_rel
 
-    from pyterrier_matroyshka.fusion import interpolate
+    from pyterrier_matroyshka.experiment import evaluate_per_query
 
     for dataset in args.datasets:
         run, qrels = read_judged(dataset, args.candidates)
         queries = run["qid"].unique()
 
-        def shape_ndcg(name: str) -> dict[str, tuple[pd.Series, pd.Series]]:
-            """shape -> per-query nDCG@10 of the system alone and fused."""
-            file = args.scores / f"{tag(dataset)}__{name}.parquet"
-            if not file.exists():
-                return {}
-            scores = read_scored(file, run)
-            return {column.removeprefix("score_"): tuple(
-                per_query_ndcg(scores.assign(score=values), qrels, queries) for values in
-                (scores[column], interpolate(scores["qid"], scores["score"], scores[column], args.fusion_weight)))
-                for column in scores.columns if column.startswith("score_")}
+        def per_shape(name: str) -> dict[str, tuple[pd.Series, pd.Series]]:
+            """shape -> per-query nDCG@10 of the system alone and fused (empty if it was not scored)."""
+            return {shape: (evaluate_per_query(scores.assign(score=scores[column]), qrels, nDCG @ 10, queries),
+                            evaluate_per_query(with_bm25(scores, column, args.fusion_weight), qrels, nDCG @ 10,
+                                               queries))
+                    for _, _, scores in scored_systems(dataset, run, args.scores, [name])
+                    for shape, column in shape_columns(scores)}
 
-        bm25 = per_query_ndcg(run, qrels, queries)
-        versus = shape_ndcg(args.versus) if args.versus else None
+        bm25 = evaluate_per_query(run, qrels, nDCG @ 10, queries)
+        versus = per_shape(args.versus) if args.versus else None
         against = f"that of the same shape of {args.versus}" if args.versus else f"BM25's ({bm25.mean():.4f})"
         print(f"\n{dataset}: {len(queries)} queries, nDCG@10 minus {against}, paired t-test p\n")
         print("| system | shape | alone | p | + BM25 | p |\n|---|---|---|---|---|---|")
         for name in args.systems:
-            for shape, pair in shape_ndcg(name).items():
+            for shape, pair in per_shape(name).items():
                 if versus is not None and shape not in versus:
                     continue
                 cells = []

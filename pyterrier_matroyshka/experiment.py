@@ -13,7 +13,7 @@ import pandas as pd
 import pyterrier as pt
 from ir_measures import RR, nDCG
 
-from .fusion import FirstStageFusion
+from .fusion import fuse
 from .reranker import MatroyshkaReRanker
 from .shape import ShapeLike
 
@@ -42,12 +42,24 @@ def evaluate(run: pd.DataFrame, qrels: pd.DataFrame, measures: Sequence = DEFAUL
              queries: Optional[Sequence[str]] = None) -> dict[str, float]:
     """Mean ``measures`` of a results frame (qid, docno, score) against PyTerrier-style qrels, over
     ``queries`` (default: the run's queries; a query left without results counts as 0)."""
-    keep = set(run["qid"]) if queries is None else set(queries)
-    qrels = qrels[qrels["qid"].isin(keep)]
-    qrels = qrels.rename(columns={"docno": "doc_id", "qid": "query_id", "label": "relevance"})
-    results = run.rename(columns={"docno": "doc_id", "qid": "query_id"})[["query_id", "doc_id", "score"]]
-    values = ir_measures.calc_aggregate(list(measures), qrels, results)
+    values = ir_measures.calc_aggregate(list(measures), *_ir_measures_frames(run, qrels, queries))
     return {str(m): float(values.get(m, 0.0)) for m in measures}
+
+
+def evaluate_per_query(run: pd.DataFrame, qrels: pd.DataFrame, measure, queries: Sequence[str]) -> pd.Series:
+    """``measure`` of each of ``queries`` (0 for a query without results), indexed by qid: for paired tests."""
+    values = {m.query_id: m.value for m in ir_measures.iter_calc([measure], *_ir_measures_frames(run, qrels, queries))}
+    return pd.Series([values.get(q, 0.0) for q in queries], index=list(queries), dtype=float)
+
+
+def _ir_measures_frames(run: pd.DataFrame, qrels: pd.DataFrame,
+                        queries: Optional[Sequence[str]]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """PyTerrier-style qrels (of ``queries``, default the run's) and run, renamed for ir_measures."""
+    keep = set(run["qid"]) if queries is None else set(queries)
+    qrels = qrels[qrels["qid"].isin(keep)].rename(columns={"docno": "doc_id", "qid": "query_id",
+                                                            "label": "relevance"})
+    results = run.rename(columns={"docno": "doc_id", "qid": "query_id"})[["query_id", "doc_id", "score"]]
+    return qrels, results
 
 
 def compare(candidates: pd.DataFrame, qrels: pd.DataFrame, systems: dict[str, Optional[pt.Transformer]],
@@ -56,7 +68,7 @@ def compare(candidates: pd.DataFrame, qrels: pd.DataFrame, systems: dict[str, Op
     """One row per system (``None`` = the candidates as they are): measures, GFLOP/pair, seconds.
 
     With ``fusion_weight``, every Matroyshka row is followed by the same run interpolated with the
-    candidates' own scores (:class:`~pyterrier_matroyshka.fusion.FirstStageFusion`, no re-scoring)."""
+    candidates' own scores (:func:`~pyterrier_matroyshka.fusion.fuse`, no re-scoring)."""
     rows = []
     lengths = None
     queries = candidates["qid"].unique()
@@ -71,7 +83,7 @@ def compare(candidates: pd.DataFrame, qrels: pd.DataFrame, systems: dict[str, Op
         row = {"GFLOP/pair": flops, "seconds": seconds if system is not None else float("nan")}
         rows.append({"name": name, **evaluate(run, qrels, measures, queries), **row})
         if fusion_weight is not None and isinstance(system, MatroyshkaReRanker):
-            fused = FirstStageFusion(system, fusion_weight).combine(candidates, run)
+            fused = fuse(candidates, run, fusion_weight)
             rows.append({"name": f"{name} + {first_stage_name} ({fusion_weight:g})",
                          **evaluate(fused, qrels, measures, queries), **row})
     return pd.DataFrame(rows)

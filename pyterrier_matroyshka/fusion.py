@@ -54,18 +54,20 @@ class FirstStageFusion(pt.Transformer):
 
     def transform(self, inp: pd.DataFrame) -> pd.DataFrame:
         pt.validate.result_frame(inp, extra_columns=["score"])
-        return self.combine(inp, self.reranker(inp))
-
-    def combine(self, candidates: pd.DataFrame, reranked: pd.DataFrame) -> pd.DataFrame:
-        """Fuse an already re-ranked frame with the candidates it came from (no re-scoring)."""
-        first = first_stage_scores(candidates, reranked)
-        out = reranked.drop(columns=["rank"], errors="ignore").assign(
-            score_first_stage=first, score_reranker=reranked["score"].to_numpy())
-        out["score"] = interpolate(out["qid"], out["score_first_stage"], out["score_reranker"], self.weight)
-        return pt.model.add_ranks(out)
+        return fuse(inp, self.reranker(inp), self.weight)
 
     def __repr__(self) -> str:
         return f"FirstStageFusion({self.reranker!r}, weight={self.weight})"
+
+
+def fuse(candidates: pd.DataFrame, reranked: pd.DataFrame, weight: float) -> pd.DataFrame:
+    """An already re-ranked frame fused with the candidates it came from (no re-scoring): what
+    :class:`FirstStageFusion` returns."""
+    first = first_stage_scores(candidates, reranked)
+    out = reranked.drop(columns=["rank"], errors="ignore").assign(
+        score_first_stage=first, score_reranker=reranked["score"].to_numpy())
+    out["score"] = interpolate(out["qid"], out["score_first_stage"], out["score_reranker"], weight)
+    return pt.model.add_ranks(out)
 
 
 def first_stage_scores(candidates: pd.DataFrame, reranked: pd.DataFrame) -> np.ndarray:

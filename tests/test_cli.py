@@ -113,3 +113,16 @@ def test_fuse_weight_out_of_range_fails_before_scoring(bm25_run, tmp_path):
     with pytest.raises(ValueError, match=r"outside \[0, 1\]"):
         main(["rerank", "--dataset", "cranfield", "--run", str(bm25_run), "--model", "no/such-model",
               "--fuse", "-0.5", "--output", str(tmp_path / "o.run")])
+
+
+def test_per_query_values_average_to_the_aggregate():
+    import pandas as pd
+    from ir_measures import RR
+
+    from pyterrier_matroyshka.experiment import evaluate, evaluate_per_query
+
+    qrels = pd.DataFrame({"qid": ["1", "2", "3"], "docno": ["a", "b", "c"], "label": [1, 1, 1]})
+    run = pd.DataFrame({"qid": ["1", "1", "2"], "docno": ["x", "a", "b"], "score": [2.0, 1.0, 1.0]})
+    values = evaluate_per_query(run, qrels, RR @ 10, ["1", "2", "3"])
+    assert values.to_dict() == {"1": 0.5, "2": 1.0, "3": 0.0}  # query 3 has no results: 0
+    assert values.mean() == pytest.approx(evaluate(run, qrels, queries=["1", "2", "3"])["RR@10"])
