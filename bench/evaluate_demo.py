@@ -48,8 +48,14 @@ def tag(dataset: str) -> str:
     return dataset.replace("/", "_")
 
 
-def single_shape(depth: int, ratio: int) -> Shape:
-    return Shape(depth, [COMPRESS_AT], ratio) if ratio > 1 and COMPRESS_AT < depth else Shape(depth)
+def single_shape(depth: int, ratio: int, compress_at: int = COMPRESS_AT) -> Shape:
+    return Shape(depth, [compress_at], ratio) if ratio > 1 else Shape(depth)
+
+
+def scored_exits(ratio: int, compress_at: int = COMPRESS_AT) -> list[int]:
+    """The exits of one pass at ``ratio``: a compressed pass scores only the exits after its compression
+    layer (an exit before it would be the uncompressed shape, already scored at ratio 1)."""
+    return EXITS if ratio == 1 else [d for d in EXITS if d > compress_at]
 
 
 # -- step 1: candidates ---------------------------------------------------------------------------------
@@ -112,26 +118,24 @@ def score_system(name: str, spec: dict, frames: dict[str, pd.DataFrame], args) -
         pairs = list(zip(frame["query"], frame["text"]))
         scores, timing = frame[["qid", "docno"]].copy(), {"device": str(scorer.device), "pairs": len(pairs)}
         for ratio in ratios:
-            grid = Shape(EXITS, [COMPRESS_AT], ratio) if ratio > 1 else Shape(EXITS)
+            exits = scored_exits(ratio, args.compress_at)
+            grid = Shape(exits, [args.compress_at], ratio) if ratio > 1 else Shape(exits)
             per_exit, seconds = timed(lambda: scorer.compute_score(pairs, shape=grid), scorer.device)
             timing[f"pass {grid}"] = seconds
-            for depth, column in zip(EXITS, per_exit):
-                scores[f"score_{single_shape(depth, ratio)}"] = column
+            for depth, column in zip(exits, per_exit):
+                scores[f"score_{single_shape(depth, ratio, args.compress_at)}"] = column
         out[dataset] = (scores, timing)
     # every shape is timed on the same pairs: those of --timing-dataset (default: the first scored)
     first = (read_candidates(args.timing_dataset, args.candidates) if args.timing_dataset
              else next(iter(frames.values())))
     sample = list(zip(first["query"], first["text"]))[:args.timing_pairs]
     scorer.compute_score(sample[:args.batch_size], shape=Shape(EXITS[-1]))  # warm-up
-    per_shape = {}
-    for ratio in ratios:
-        for depth in EXITS:
-            shape = single_shape(depth, ratio)
-            per_shape[str(shape)] = timed(lambda: scorer.compute_score(sample, shape=shape), scorer.device)[1]
+    shapes = [single_shape(d, r, args.compress_at) for r in ratios for d in scored_exits(r, args.compress_at)]
+    per_shape = {str(shape): timed(lambda: scorer.compute_score(sample, shape=shape), scorer.device)[1]
+                 for shape in shapes}
     for dataset, frame in frames.items():  # estimated cost at each dataset's own mean lengths
         lengths = scorer.mean_lengths(list(zip(frame["query"], frame["text"]))[::max(1, len(frame) // 256)])
-        flops = {str(single_shape(d, r)): scorer.flops(single_shape(d, r), *lengths) / 1e9
-                 for r in ratios for d in EXITS}
+        flops = {str(shape): scorer.flops(shape, *lengths) / 1e9 for shape in shapes}
         out[dataset][1].update(shape_seconds=per_shape, timing_pairs=len(sample), gflops=flops)
     return out
 
@@ -327,6 +331,8 @@ def main() -> None:
     parser.add_argument("--timing-dataset", default=None,
                         help="score: the dataset whose pairs are timed (default: the first of --datasets)")
     parser.add_argument("--ratios", type=int, nargs="*", default=RATIOS, help="score: compression ratios to run")
+    parser.add_argument("--compress-at", type=int, default=COMPRESS_AT,
+                        help="score: the block before which a compressed pass pools the passage")
     parser.add_argument("--queries", type=int, nargs="*", default=None,
                         help="candidates: first N topics, one N for all datasets or one per dataset (default all)")
     parser.add_argument("--qids-from", type=Path, default=None,

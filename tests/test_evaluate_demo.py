@@ -67,3 +67,10 @@ def test_metrics_have_a_fused_entry_per_shape(bench, tmp_path):
     row = next(line for line in table.splitlines() if line.startswith("| matroyshka | L30 |"))
     assert row.split(" | ")[4] == f"{results['L30 + BM25']['nDCG@10']:.4f}"
     assert "nDCG@10 + BM25" not in bench.report(tmp_path / "out", fused=False)
+
+
+def test_compressed_pass_scores_only_exits_after_its_layer(bench):
+    assert bench.scored_exits(1, compress_at=8) == bench.EXITS
+    assert bench.scored_exits(4, compress_at=8) == [e for e in bench.EXITS if e > 8]
+    assert str(bench.single_shape(30, 4, compress_at=8)) == "L30:r4@8"
+    assert str(bench.single_shape(30, 1, compress_at=8)) == "L30"
