@@ -169,16 +169,20 @@ def write_scores(args) -> None:
 
 def merge_scores(sources: list[Path], target: Path) -> None:
     """Score files of the same name from several folders (query shards, or other ratios of the same
-    queries) as one: rows joined on (qid, docno), each column taken where it was scored. Timings are
-    the first folder's (scored on its own pairs; merged shards keep the costs of one timing run)."""
+    queries) as one: rows joined on (qid, docno), each column and each shape's timing taken from the first
+    folder that has it (so a folder listed first replaces a shape's scores; merged shards keep the costs
+    of one timing run)."""
     target.mkdir(parents=True, exist_ok=True)
     for name in sorted({p.name for folder in sources for p in folder.glob("*.parquet")}):
-        frames = [pd.read_parquet(folder / name) for folder in sources if (folder / name).exists()]
+        present = [folder / name for folder in sources if (folder / name).exists()]
+        frames = [pd.read_parquet(file) for file in present]
         merged = pd.concat(frames, ignore_index=True).groupby(["qid", "docno"], sort=False).first().reset_index()
         merged.to_parquet(target / name)
-        timing = next(folder / name for folder in sources if (folder / name).exists()).with_suffix(".timing.json")
-        meta = {**json.loads(timing.read_text()), "pairs": len(merged), "merged_from": [str(s) for s in sources]}
-        (target / timing.name).write_text(json.dumps(meta, indent=1))
+        timings = [json.loads(file.with_suffix(".timing.json").read_text()) for file in present]
+        meta = {**timings[0], "pairs": len(merged), "merged_from": [str(s) for s in sources]}
+        for key in ("shape_seconds", "gflops"):  # per shape: the first timing that measured it
+            meta[key] = {k: v for timing in reversed(timings) for k, v in timing.get(key, {}).items()}
+        (target / present[0].with_suffix(".timing.json").name).write_text(json.dumps(meta, indent=1))
         print(f"{name}: {len(merged)} rows, {merged.qid.nunique()} queries, {merged.columns.size - 2} score columns")
 
 

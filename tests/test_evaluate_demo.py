@@ -74,3 +74,16 @@ def test_compressed_pass_scores_only_exits_after_its_layer(bench):
     assert bench.scored_exits(4, compress_at=8) == [e for e in bench.EXITS if e > 8]
     assert str(bench.single_shape(30, 4, compress_at=8)) == "L30:r4@8"
     assert str(bench.single_shape(30, 1, compress_at=8)) == "L30"
+
+
+def test_merge_a_folder_listed_first_replaces_a_shape(bench, tmp_path):
+    name = "vaswani__matroyshka"
+    write(tmp_path / "old", name, pd.DataFrame({"qid": ["1"], "docno": ["x"], "score_L30": [1.0], "score_L30:r4@4": [2.0]}),
+          {"device": "cpu", "shape_seconds": {"L30": 5.0, "L30:r4@4": 3.0}, "gflops": {"L30": 33.0, "L30:r4@4": 16.0}})
+    write(tmp_path / "new", name, pd.DataFrame({"qid": ["1"], "docno": ["x"], "score_L30:r4@4": [7.0]}),
+          {"device": "cpu", "shape_seconds": {"L30:r4@4": 2.5}, "gflops": {"L30:r4@4": 16.0}})
+    bench.merge_scores([tmp_path / "new", tmp_path / "old"], tmp_path / "all")
+    merged = pd.read_parquet(tmp_path / "all" / f"{name}.parquet")
+    assert merged.to_dict("list") == {"qid": ["1"], "docno": ["x"], "score_L30:r4@4": [7.0], "score_L30": [1.0]}
+    timing = json.loads((tmp_path / "all" / f"{name}.timing.json").read_text())
+    assert timing["shape_seconds"] == {"L30": 5.0, "L30:r4@4": 2.5}

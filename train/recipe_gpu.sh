@@ -8,7 +8,7 @@
 # ranks best on average over a deep, a shallow and a compressed shape; compensation starts from it.
 # The naive baseline (CE at the last exit only) gets the most epochs of any candidate.
 #
-# Settings: MODEL, RUNS, DATA, EPOCHS, KD_WEIGHTS, NAIVE_EPOCHS, COMP_EPOCHS, LR, COMP_LR, LORA_R, COMP_LORA_R, EXTRA (more
+# Settings: MODEL, RUNS, DATA, EPOCHS, KD_WEIGHTS, NAIVE_EPOCHS, COMP_EPOCHS, LR, COMP_LR, WIDTH_LR, LORA_R, COMP_LORA_R, EXTRA (more
 # --key value settings for every stage, e.g. "--max_steps 1" for a dry run), SHIP (where ship.sh
 # writes the fp16 adapters).
 set -euo pipefail
@@ -23,6 +23,7 @@ NAIVE_EPOCHS=${NAIVE_EPOCHS:-4}
 COMP_EPOCHS=${COMP_EPOCHS:-1}
 LR=${LR:-1e-3}
 COMP_LR=${COMP_LR:-2e-4}
+WIDTH_LR=${WIDTH_LR:-1e-3}     # the horizontal adapters: at 2e-4 they barely moved on the CPU recipe (model card)
 SELECT_SHAPES=${SELECT_SHAPES:-"L30 L10 L30:r4@4"}
 read -r -a EXTRA_ARGS <<< "${EXTRA:-}"
 LORA_R=${LORA_R:-8}            # stage 1 and naive; trained at the shipped rank, so export only casts to fp16
@@ -64,8 +65,8 @@ ln -sfn "$(basename "$best")" "$RUNS/stage1"
 comp=(--merge_adapters "$RUNS/stage1" --epochs "$COMP_EPOCHS" --lr "$COMP_LR" --lora_r "$COMP_LORA_R"
       --lora_alpha $((2 * COMP_LORA_R)))
 stage "$RUNS/stage2_vertical" stage2 "${comp[@]}" & a=$!
-stage "$RUNS/stage3_r2" stage3 "${comp[@]}" --ratios 2 & b=$!
-stage "$RUNS/stage3_r4" stage3 "${comp[@]}" --ratios 4 & c=$!
+stage "$RUNS/stage3_r2" stage3 "${comp[@]}" --lr "$WIDTH_LR" --ratios 2 & b=$!
+stage "$RUNS/stage3_r4" stage3 "${comp[@]}" --lr "$WIDTH_LR" --ratios 4 & c=$!
 wait $a; wait $b; wait $c; wait $naive
 echo "[recipe_gpu] $(date +%T) all stages finished"
 if [ -n "${SHIP:-}" ]; then RUNS=$RUNS OUT=$SHIP PY=$PY bash train/ship.sh; fi
