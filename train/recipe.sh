@@ -12,8 +12,9 @@
 # Two single-threaded chains run side by side (one thread per process is fastest on a shared 2-core
 # machine). Every finished stage leaves matroyshka_adapter.json and is skipped on a rerun; an interrupted
 # stage resumes from its last checkpoint. Settings: RUNS, DATA, KD_WEIGHT, KD_WEIGHT3, LR, LR2, LR3,
-# COMP_STEPS, COMP_LR, WIDTH_STEPS, WIDTH_LR, EXTRA (more --key value settings for every stage, e.g. "--max_steps 1" for a dry
-# run). On a 2-core CPU each stage-1 epoch takes 40-50 minutes; train/recipe_gpu.sh is the GPU version.
+# COMP_STEPS, COMP_LR, WIDTH_STEPS, WIDTH_LR, EXTRA (more --key value settings for every stage, e.g.
+# "--max_steps 1" for a dry run). On a 2-core CPU each stage-1 epoch takes 40-50 minutes;
+# train/recipe_gpu.sh is the GPU version.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
