@@ -49,7 +49,7 @@ def tag(dataset: str) -> str:
 
 
 def single_shape(depth: int, ratio: int, compress_at: int = COMPRESS_AT) -> Shape:
-    return Shape(depth, [compress_at], ratio) if ratio > 1 else Shape(depth)
+    return Shape(depth, [compress_at], ratio)  # at ratio 1, Shape drops the compression layer
 
 
 def scored_exits(ratio: int, compress_at: int = COMPRESS_AT) -> list[int]:
@@ -119,7 +119,7 @@ def score_system(name: str, spec: dict, frames: dict[str, pd.DataFrame], args) -
         scores, timing = frame[["qid", "docno"]].copy(), {"device": str(scorer.device), "pairs": len(pairs)}
         for ratio in ratios:
             exits = scored_exits(ratio, args.compress_at)
-            grid = Shape(exits, [args.compress_at], ratio) if ratio > 1 else Shape(exits)
+            grid = Shape(exits, [args.compress_at], ratio)
             per_exit, seconds = timed(lambda: scorer.compute_score(pairs, shape=grid), scorer.device)
             timing[f"pass {grid}"] = seconds
             for depth, column in zip(exits, per_exit):
