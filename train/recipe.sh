@@ -29,7 +29,7 @@ LR3=${LR3:-3e-4}                # the third epoch's peak
 KD_WEIGHT3=${KD_WEIGHT3:-0.2}   # the third epoch's external-KD weight: 0.2 beat 1.0 on the holdout at every
                                 # shape (the MS MARCO teacher is only at BM25's level on SciFact)
 COMP_STEPS=${COMP_STEPS:-100}   # optimizer steps (x 8 queries) of the vertical compensation adapter
-COMP_LR=${COMP_LR:-5e-4}        # 25 steps at 2e-4 barely moved it; 100 at 5e-4 gained +0.015..0.03 nDCG@10 at
+COMP_LR=${COMP_LR:-5e-4}        # 25 steps at 2e-4 barely moved it; 100 at 5e-4 gained 0.014-0.029 nDCG@10 at
                                 # every exit on the holdout, +0.022 at L30 (1e-3: more at L6-L20, less at L30)
 WIDTH_STEPS=${WIDTH_STEPS:-100} # the same for each horizontal adapter: at 25 steps and 2e-4 they changed
 WIDTH_LR=${WIDTH_LR:-1e-3}      # nothing measurable; 100 steps at stage 1's lr gained +0.03 nDCG@10 at
