@@ -36,8 +36,9 @@ WIDTH_LR=${WIDTH_LR:-1e-3}      # nothing measurable; 100 steps at stage 1's lr 
                                 # L30:r4@4 on the holdout (model card)
 COMMON=(--train_data "$DATA/train.jsonl" --lora_dropout 0)
 read -r -a EXTRA_ARGS <<< "${EXTRA:-}"
-COMP=(--merge_adapters "$RUNS/stage1_rank8" --max_steps "$COMP_STEPS" --lr "$COMP_LR" --lora_r 4 --lora_alpha 8)
-WIDTH=("${COMP[@]}" --max_steps "$WIDTH_STEPS" --lr "$WIDTH_LR")  # later settings win
+ON_STAGE1=(--merge_adapters "$RUNS/stage1_rank8" --lora_r 4 --lora_alpha 8)  # every compensation adapter
+VERTICAL=("${ON_STAGE1[@]}" --max_steps "$COMP_STEPS" --lr "$COMP_LR")
+WIDTH=("${ON_STAGE1[@]}" --max_steps "$WIDTH_STEPS" --lr "$WIDTH_LR")
 mkdir -p "$RUNS" "$DATA"
 
 TAG=recipe
@@ -60,7 +61,7 @@ chain_matroyshka() {
     "$PY" -m train export --adapter "$RUNS/stage1" --output "$RUNS/stage1_rank8.tmp" --rank 8
     mv "$RUNS/stage1_rank8.tmp" "$RUNS/stage1_rank8"
   fi
-  stage "$RUNS/stage2_vertical" stage2 "${COMP[@]}"
+  stage "$RUNS/stage2_vertical" stage2 "${VERTICAL[@]}"
 }
 chain_ablation() {
   local last

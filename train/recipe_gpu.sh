@@ -22,7 +22,7 @@ KD_WEIGHTS=${KD_WEIGHTS:-"1.0"}
 NAIVE_EPOCHS=${NAIVE_EPOCHS:-4}
 COMP_EPOCHS=${COMP_EPOCHS:-1}
 LR=${LR:-1e-3}
-COMP_LR=${COMP_LR:-5e-4}     # the vertical adapter: 5e-4 beat 2e-4 on the CPU recipe's holdout (model card)
+COMP_LR=${COMP_LR:-5e-4}       # the vertical adapter: 5e-4 beat 2e-4 on the CPU recipe's holdout (model card)
 WIDTH_LR=${WIDTH_LR:-1e-3}     # the horizontal adapters: at 2e-4 they barely moved on the CPU recipe (model card)
 SELECT_SHAPES=${SELECT_SHAPES:-"L30 L10 L30:r4@4"}
 read -r -a EXTRA_ARGS <<< "${EXTRA:-}"
@@ -62,9 +62,8 @@ done
 echo "[recipe_gpu] stage 1 chosen: $best ($best_score)"
 ln -sfn "$(basename "$best")" "$RUNS/stage1"
 
-comp=(--merge_adapters "$RUNS/stage1" --epochs "$COMP_EPOCHS" --lr "$COMP_LR" --lora_r "$COMP_LORA_R"
-      --lora_alpha $((2 * COMP_LORA_R)))
-stage "$RUNS/stage2_vertical" stage2 "${comp[@]}" & a=$!
+comp=(--merge_adapters "$RUNS/stage1" --epochs "$COMP_EPOCHS" --lora_r "$COMP_LORA_R" --lora_alpha $((2 * COMP_LORA_R)))
+stage "$RUNS/stage2_vertical" stage2 "${comp[@]}" --lr "$COMP_LR" & a=$!
 stage "$RUNS/stage3_r2" stage3 "${comp[@]}" --lr "$WIDTH_LR" --ratios 2 & b=$!
 stage "$RUNS/stage3_r4" stage3 "${comp[@]}" --lr "$WIDTH_LR" --ratios 4 & c=$!
 wait $a; wait $b; wait $c; wait $naive
