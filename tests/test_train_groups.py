@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import random
+from pathlib import Path
 
 import pandas as pd
 import pyterrier as pt
@@ -10,7 +11,8 @@ import pytest
 
 from pyterrier_matroyshka.paths import shared_data_dir
 from train.data import read_groups
-from train.groups import CorpusIds, mine_groups, pick_negatives, relevant_docs, write_groups
+from train.groups import (CorpusIds, mine_groups, pick_negatives, pick_other_positives, positive_clusters,
+                          relevant_docs, split_holdout, write_groups)
 from train.teacher import add_teacher_scores, score_function
 
 needs_data = pytest.mark.skipif(shared_data_dir() is None, reason="../shared/data (Cranfield) is absent")
@@ -69,6 +71,31 @@ def test_negatives_window_exclusion_and_top_up():
     assert all(n.startswith("r") for n in negs[9:])
 
 
+def test_other_positives_exclude_own_and_taken():
+    positives = {"1": {"a", "b"}, "2": {"b", "c"}, "3": {"d"}, "4": {"e"}}
+    picked = pick_other_positives(positives, "1", {"a", "b", "e"}, 5, random.Random(0))
+    assert sorted(picked) == ["c", "d"]  # b is query 1's own positive, e already taken: only two left
+    assert len(pick_other_positives(positives, "3", {"d"}, 2, random.Random(0))) == 2
+
+
+@needs_data
+def test_other_positives_extend_the_same_hard_negatives(cranfield):
+    from pyterrier_matroyshka.collections import ensure_dataset
+
+    plain = [json.loads(line) for line in cranfield[0].read_text().splitlines()]
+    groups, summary = mine_groups("cranfield", num_negatives=7, window=(10, 100), seed=3, max_queries=40,
+                                  other_positives=3)
+    judged = relevant_docs(ensure_dataset("cranfield"))
+    positives_of_others = {d for g in plain for d in g["pos_ids"]}
+    assert summary.other_positive_negatives == 3 * len(groups) == summary.negatives - 7 * len(groups)
+    for before, after in zip(plain, groups):
+        assert after["neg_ids"][:7] == before["neg_ids"]  # the hard negatives do not move
+        added = after["neg_ids"][7:]
+        assert len(set(added)) == 3 and set(added) <= positives_of_others
+        assert not set(added) & (judged[after["qid"]] | set(before["neg_ids"]))
+        assert len(after["neg"]) == len(after["neg_ids"])
+
+
 def test_any_retriever_and_frame_teacher(tmp_path):
     """A custom PyTerrier retriever and a PyTerrier re-scorer as the teacher."""
     if shared_data_dir() is None:
@@ -104,3 +131,28 @@ def test_compute_score_teacher_and_errors(tmp_path):
         add_teacher_scores(path, tmp_path / "t.jsonl", Half())
     with pytest.raises(TypeError):
         score_function(42)
+
+
+def _write_groups(path: Path, positives: list[list[str]]) -> Path:
+    path.write_text("".join(json.dumps({"qid": str(i), "query": f"q{i}", "pos": pos, "neg": ["n"]}) + "\n"
+                            for i, pos in enumerate(positives)))
+    return path
+
+
+def test_split_every_nth_group(tmp_path):
+    source = _write_groups(tmp_path / "g.jsonl", [[f"p{i}"] for i in range(9)])
+    assert split_holdout(source, tmp_path / "t.jsonl", tmp_path / "h.jsonl", every=3) == (6, 3)
+    held = [json.loads(line)["qid"] for line in (tmp_path / "h.jsonl").read_text().splitlines()]
+    assert held == ["2", "5", "8"]
+
+
+def test_split_by_positives_keeps_clusters_on_one_side(tmp_path):
+    # clusters in order of first appearance: {0, 2, 5} (via a, then c), {1}, {3, 4}, {6}, {7}
+    positives = [["a"], ["b"], ["a", "c"], ["d"], ["d"], ["c"], ["e"], ["f"]]
+    source = _write_groups(tmp_path / "g.jsonl", positives)
+    assert positive_clusters(positives) == [0, 1, 0, 3, 3, 0, 6, 7]
+    assert split_holdout(source, tmp_path / "t.jsonl", tmp_path / "h.jsonl", every=2, by_positives=True) == (6, 2)
+    held = [json.loads(line) for line in (tmp_path / "h.jsonl").read_text().splitlines()]
+    kept = [json.loads(line) for line in (tmp_path / "t.jsonl").read_text().splitlines()]
+    assert [r["qid"] for r in held] == ["1", "6"]  # the 2nd and 4th clusters
+    assert not {p for r in held for p in r["pos"]} & {p for r in kept for p in r["pos"]}

@@ -32,10 +32,14 @@ def _groups(argv: Sequence[str]) -> None:
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--min_relevance", type=int, default=1)
     p.add_argument("--max_queries", type=int, default=None)
+    p.add_argument("--other_positives", type=int, default=0,
+                   help="more negatives per group: documents judged relevant to other queries (against a "
+                        "learned document prior)")
     a = p.parse_args(argv)
     start, stop = (int(x) for x in a.window.split(","))
     groups, summary = mine_groups(a.dataset, num_negatives=a.num_negatives, window=(start, stop), seed=a.seed,
-                                  min_relevance=a.min_relevance, max_queries=a.max_queries)
+                                  min_relevance=a.min_relevance, max_queries=a.max_queries,
+                                  other_positives=a.other_positives)
     write_groups(groups, summary, a.output)
 
 
@@ -64,8 +68,11 @@ def _split(argv: Sequence[str]) -> None:
     p.add_argument("--train", required=True, type=Path)
     p.add_argument("--holdout", required=True, type=Path)
     p.add_argument("--every", type=int, default=10)
+    p.add_argument("--by_positives", action="store_true",
+                   help="hold out whole clusters of queries that share a positive passage (no held-out positive "
+                        "is a training positive)")
     a = p.parse_args(argv)
-    print("train %d, holdout %d groups" % split_holdout(a.input, a.train, a.holdout, a.every))
+    print("train %d, holdout %d groups" % split_holdout(a.input, a.train, a.holdout, a.every, a.by_positives))
 
 
 def _export(argv: Sequence[str]) -> None:
