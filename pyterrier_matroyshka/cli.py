@@ -35,7 +35,7 @@ def _model_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default=None)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--max-length", type=int, default=None, help="passage token budget (default 512; "
-                                                                     "256 for the demo model)")
+                                                                     "128 for the demo model)")
     parser.add_argument("--reference-compat", action="store_true", help="replay the reference's bugs B1 and B2")
     parser.add_argument("--fuse", nargs="?", type=_weight_or_demo, const="demo", default=None, metavar="WEIGHT",
                         help="interpolate with the first stage's scores, WEIGHT its share in [0, 1] (z-scores per "
