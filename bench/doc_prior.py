@@ -50,7 +50,7 @@ def prior_share(run: pd.DataFrame, qrels: pd.DataFrame, positives: set[str], dep
     top = run.sort_values(["qid", "score"], ascending=[True, False], kind="stable").groupby("qid").head(depth)
     relevant = set(zip(qrels.loc[qrels["label"] > 0, "qid"], qrels.loc[qrels["label"] > 0, "docno"]))
     wrong = top[[(q, d) not in relevant for q, d in zip(top["qid"], top["docno"])]]
-    return float(wrong["docno"].isin(positives).mean())
+    return float(wrong["docno"].isin(positives).mean()) if len(wrong) else 0.0  # all right: nothing leaned on
 
 
 def row(name: str, run: pd.DataFrame, qrels: pd.DataFrame, queries: list[str], seen: set[str],
