@@ -133,8 +133,10 @@ def test_compute_score_teacher_and_errors(tmp_path):
         score_function(42)
 
 
-def _write_groups(path: Path, positives: list[list[str]]) -> Path:
-    path.write_text("".join(json.dumps({"qid": str(i), "query": f"q{i}", "pos": pos, "neg": ["n"]}) + "\n"
+def _write_groups(path: Path, positives: list[list[str]], negatives: list[str] = ("n",)) -> Path:
+    path.write_text("".join(json.dumps({"qid": str(i), "query": f"q{i}", "pos": pos, "neg": list(negatives),
+                                        "neg_ids": [f"id-{n}" for n in negatives],
+                                        "neg_scores": [float(len(n)) for n in negatives]}) + "\n"
                             for i, pos in enumerate(positives)))
     return path
 
@@ -149,10 +151,14 @@ def test_split_every_nth_group(tmp_path):
 def test_split_by_positives_keeps_clusters_on_one_side(tmp_path):
     # clusters in order of first appearance: {0, 2, 5} (via a, then c), {1}, {3, 4}, {6}, {7}
     positives = [["a"], ["b"], ["a", "c"], ["d"], ["d"], ["c"], ["e"], ["f"]]
-    source = _write_groups(tmp_path / "g.jsonl", positives)
+    source = _write_groups(tmp_path / "g.jsonl", positives, negatives=["n", "bb", "b", "e"])
     assert positive_clusters(positives) == [0, 1, 0, 3, 3, 0, 6, 7]
     assert split_holdout(source, tmp_path / "t.jsonl", tmp_path / "h.jsonl", every=2, by_positives=True) == (6, 2)
     held = [json.loads(line) for line in (tmp_path / "h.jsonl").read_text().splitlines()]
     kept = [json.loads(line) for line in (tmp_path / "t.jsonl").read_text().splitlines()]
     assert [r["qid"] for r in held] == ["1", "6"]  # the 2nd and 4th clusters
     assert not {p for r in held for p in r["pos"]} & {p for r in kept for p in r["pos"]}
+    # held-out positives b and e leave the training negatives, with their ids and teacher scores
+    assert all(r["neg"] == ["n", "bb"] and r["neg_ids"] == ["id-n", "id-bb"] and r["neg_scores"] == [1.0, 2.0]
+               for r in kept)
+    assert all(r["neg"] == ["n", "bb", "b", "e"] for r in held)

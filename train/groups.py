@@ -208,9 +208,10 @@ def split_holdout(path: Path, train_out: Path, holdout_out: Path, every: int = 1
     on training data only; returns (train, holdout) counts.
 
     ``by_positives`` holds out whole clusters of queries that share a positive passage instead (every
-    ``every``-th cluster, in order of first appearance), so no held-out positive is ever a training positive.
-    Otherwise a model that memorised which passages won in training looks better on the holdout than on
-    unseen queries (on SciFact, 61 of 80 held-out queries shared a positive with training).
+    ``every``-th cluster, in order of first appearance), and drops held-out positives from the training
+    groups' negatives, so no held-out positive is ever seen in training. Otherwise a model that memorised
+    which passages won in training looks better on the holdout than on unseen queries (on SciFact, 61 of 80
+    held-out queries shared a positive with training).
     """
     lines = [line for line in Path(path).read_text().splitlines() if line.strip()]
     units = positive_clusters([json.loads(line)["pos"] for line in lines]) if by_positives else list(range(len(lines)))
@@ -218,10 +219,30 @@ def split_holdout(path: Path, train_out: Path, holdout_out: Path, every: int = 1
     held = [order[unit] % every == every - 1 for unit in units]
     holdout = [line for line, h in zip(lines, held) if h]
     train = [line for line, h in zip(lines, held) if not h]
+    if by_positives:
+        train = without_negatives(train, {p for line in holdout for p in json.loads(line)["pos"]})
     for out, part in ((train_out, train), (holdout_out, holdout)):
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         Path(out).write_text("".join(line + "\n" for line in part))
     return len(train), len(holdout)
+
+
+def without_negatives(lines: Sequence[str], passages: set[str]) -> list[str]:
+    """JSON lines of groups with ``passages`` removed from their negatives (and the aligned ids and teacher
+    scores); logs how many were removed."""
+    out, removed = [], 0
+    for line in lines:
+        record = json.loads(line)
+        keep = [i for i, text in enumerate(record["neg"]) if text not in passages]
+        if len(keep) < len(record["neg"]):
+            removed += len(record["neg"]) - len(keep)
+            for key in ("neg", "neg_ids", "neg_scores"):
+                if key in record:
+                    record[key] = [record[key][i] for i in keep]
+            line = json.dumps(record, ensure_ascii=False)
+        out.append(line)
+    log.info("removed %d held-out positives from the training groups' negatives", removed)
+    return out
 
 
 def positive_clusters(positives: Sequence[Sequence[str]]) -> list[int]:

@@ -23,7 +23,8 @@ RUNS=${RUNS:-runs/smollm2}
 DATA=${DATA:-runs/scifact}
 OTHER_POSITIVES=${OTHER_POSITIVES:-0}  # negatives from other queries' positives, against a learned document
                                       # prior (0 shipped; 4 for one epoch: model card). Give it its own DATA
-BY_POSITIVES=${BY_POSITIVES:-0}        # 1: hold out whole clusters of queries sharing a positive (0 shipped)
+BY_POSITIVES=${BY_POSITIVES:-0}        # 1: hold out whole clusters of queries sharing a positive, never seen in
+                                      # training, not even as a negative (0 shipped)
 KD_WEIGHT=${KD_WEIGHT:-1.0}     # weight of the external (MiniLM) distillation terms
 LR=${LR:-1e-3}                  # stage 1 and the naive baseline; the reference's 2e-4 (tuned for thousands of
                                 # 7B steps) left CE at chance after 30 of our 91 steps
