@@ -72,10 +72,10 @@ def test_negatives_window_exclusion_and_top_up():
 
 
 def test_other_positives_exclude_own_and_taken():
-    positives = {"1": {"a", "b"}, "2": {"b", "c"}, "3": {"d"}, "4": {"e"}}
-    picked = pick_other_positives(positives, "1", {"a", "b", "e"}, 5, random.Random(0))
-    assert sorted(picked) == ["c", "d"]  # b is query 1's own positive, e already taken: only two left
-    assert len(pick_other_positives(positives, "3", {"d"}, 2, random.Random(0))) == 2
+    all_positives = ["a", "b", "c", "d", "e"]  # query 1's are a and b
+    picked = pick_other_positives(all_positives, {"a", "b", "e"}, 5, random.Random(0))
+    assert sorted(picked) == ["c", "d"]  # a, b are query 1's own positives, e already taken: only two left
+    assert len(pick_other_positives(all_positives, {"d"}, 2, random.Random(0))) == 2
 
 
 @needs_data

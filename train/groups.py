@@ -93,11 +93,10 @@ def pick_negatives(ranked: Sequence[str], relevant: set[str], num: int, window: 
     return chosen, extra
 
 
-def pick_other_positives(positives: dict[str, set[str]], qid: str, taken: set[str], num: int,
-                         rng: random.Random) -> list[str]:
-    """``num`` distinct documents judged relevant to queries other than ``qid`` and not in ``taken`` (this
-    query's positives and negatives so far), drawn from ``positives`` (``{qid: {docno}}``)."""
-    pool = sorted({d for other, docs in positives.items() if other != qid for d in docs} - taken)
+def pick_other_positives(all_positives: Sequence[str], taken: set[str], num: int, rng: random.Random) -> list[str]:
+    """``num`` distinct documents of ``all_positives`` (every query's positives, sorted) not in ``taken``
+    (this query's positives and negatives so far): positives of other queries only."""
+    pool = [d for d in all_positives if d not in taken]
     return rng.sample(pool, min(num, len(pool)))
 
 
@@ -161,13 +160,13 @@ def mine_groups(dataset: str, retriever=None, *, num_negatives: int = 15, window
         retriever = bm25(dataset, num_results=window[1])
     ranked = _ranked(retriever(topics)) if len(topics) else {}
     corpus_ids = CorpusIds(ds)
-    positives = {qid: judged[qid] for qid in topics["qid"]}
+    all_positives = sorted({d for qid in topics["qid"] for d in judged[qid]})
     picks = []
     for qid, query in zip(topics["qid"], topics["query"]):
         rng = random.Random(f"{seed}:{qid}")
         negs, extra = pick_negatives(ranked.get(str(qid), []), judged[qid], num_negatives, window, rng, corpus_ids)
         if other_positives:  # a separate draw, so the hard negatives do not depend on it
-            others = pick_other_positives(positives, qid, judged[qid] | set(negs), other_positives,
+            others = pick_other_positives(all_positives, judged[qid] | set(negs), other_positives,
                                           random.Random(f"{seed}:{qid}:other"))
             negs = negs + others
             summary.other_positive_negatives += len(others)
@@ -214,25 +213,27 @@ def split_holdout(path: Path, train_out: Path, holdout_out: Path, every: int = 1
     held-out queries shared a positive with training).
     """
     lines = [line for line in Path(path).read_text().splitlines() if line.strip()]
-    units = positive_clusters([json.loads(line)["pos"] for line in lines]) if by_positives else list(range(len(lines)))
+    records = [json.loads(line) for line in lines] if by_positives else None
+    units = positive_clusters([r["pos"] for r in records]) if by_positives else list(range(len(lines)))
     order = {unit: i for i, unit in enumerate(dict.fromkeys(units))}
     held = [order[unit] % every == every - 1 for unit in units]
     holdout = [line for line, h in zip(lines, held) if h]
     train = [line for line, h in zip(lines, held) if not h]
     if by_positives:
-        train = without_negatives(train, {p for line in holdout for p in json.loads(line)["pos"]})
+        held_out_positives = {p for r, h in zip(records, held) if h for p in r["pos"]}
+        train = without_negatives([r for r, h in zip(records, held) if not h], train, held_out_positives)
     for out, part in ((train_out, train), (holdout_out, holdout)):
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         Path(out).write_text("".join(line + "\n" for line in part))
     return len(train), len(holdout)
 
 
-def without_negatives(lines: Sequence[str], passages: set[str]) -> list[str]:
-    """JSON lines of groups with ``passages`` removed from their negatives (and the aligned ids and teacher
-    scores); logs how many were removed."""
+def without_negatives(records: Sequence[dict], lines: Sequence[str], passages: set[str]) -> list[str]:
+    """The groups (``records``, parsed from ``lines``) as JSON lines with ``passages`` removed from their
+    negatives (and the aligned ids and teacher scores); an untouched group keeps its line as it was. Logs how
+    many were removed."""
     out, removed = [], 0
-    for line in lines:
-        record = json.loads(line)
+    for record, line in zip(records, lines):
         keep = [i for i, text in enumerate(record["neg"]) if text not in passages]
         if len(keep) < len(record["neg"]):
             removed += len(record["neg"]) - len(keep)
