@@ -31,7 +31,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from pyterrier_matroyshka.demo import DEMO_FUSION_WEIGHT  # noqa: E402
+from pyterrier_matroyshka.demo import DEFAULT_MAX_LENGTH, DEMO_FUSION_WEIGHT  # noqa: E402
 from pyterrier_matroyshka.scorer import MatroyshkaScorer  # noqa: E402
 from pyterrier_matroyshka.shape import Shape  # noqa: E402
 
@@ -350,7 +350,8 @@ def main() -> None:
     parser.add_argument("--versus", default=None,
                         help="significance: compare with the same shape of this system instead of BM25")
     parser.add_argument("--no-fused", action="store_true", help="report: leave out the '+ BM25' rows")
-    parser.add_argument("--max-length", type=int, default=192, help="passage token budget (as trained)")
+    parser.add_argument("--max-length", type=int, default=DEFAULT_MAX_LENGTH,
+                        help="passage token budget (default: the demo's, as trained)")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--candidates", type=Path, default=ROOT / "runs" / "eval" / "candidates")

@@ -89,6 +89,8 @@ def _export(argv: Sequence[str]) -> None:
 def _holdout(argv: Sequence[str]) -> None:
     import json
 
+    from pyterrier_matroyshka.demo import DEFAULT_MAX_LENGTH
+
     from .holdout import holdout_report
 
     p = argparse.ArgumentParser(prog="python -m train holdout", description="RR@10/nDCG@10 on held-out groups")
@@ -96,7 +98,7 @@ def _holdout(argv: Sequence[str]) -> None:
     p.add_argument("--model", default="HuggingFaceTB/SmolLM2-135M-Instruct")
     p.add_argument("--adapters", nargs="*", default=[], help="adapter folders merged in order")
     p.add_argument("--shapes", nargs="+", default=["L30"])
-    p.add_argument("--max_length", type=int, default=192)
+    p.add_argument("--max_length", type=int, default=DEFAULT_MAX_LENGTH, help="passage tokens (the recipe's)")
     p.add_argument("--batch_size", type=int, default=64)
     p.add_argument("--dtype", default="auto")
     p.add_argument("--output", type=Path, default=None, help="also write the report here (JSON)")
