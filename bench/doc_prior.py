@@ -63,6 +63,15 @@ def row(name: str, run: pd.DataFrame, qrels: pd.DataFrame, queries: list[str], s
             "unseen": per_query[~is_seen].mean(), "prior": prior_share(run, qrels, positives)}
 
 
+def table(rows: list[dict]) -> str:
+    """The markdown table of :func:`row` results; "-" where a split has no query (a holdout of unseen only)."""
+    lines = ["| system | all | seen | unseen | training positives among wrong top 10 |", "|---|---|---|---|---|"]
+    for r in rows:
+        cells = " | ".join("-" if pd.isna(r[k]) else f"{r[k]:.4f}" for k in ("all", "seen", "unseen"))
+        lines.append(f"| {r['system']} | {cells} | {r['prior']:.3f} |")
+    return "\n".join(lines)
+
+
 def chosen_columns(scores: pd.DataFrame, shapes: list[str]) -> list[tuple[str, str]]:
     """(label suffix, column) of each of ``shapes`` the frame has; a single-score system (the teacher) by itself."""
     columns = [c for c in scores.columns if c.startswith("score_")]
@@ -96,9 +105,7 @@ def main() -> None:
                 rows.append(row(f"{label} + BM25 ({args.fusion_weight})", fused, qrels, queries, seen, positives))
     print(f"{args.dataset}: {len(queries)} queries, {len(seen)} seen (a relevant document was a training "
           f"positive), {len(queries) - len(seen)} unseen; nDCG@10\n")
-    print("| system | all | seen | unseen | training positives among wrong top 10 |\n|---|---|---|---|---|")
-    for r in rows:
-        print(f"| {r['system']} | {r['all']:.4f} | {r['seen']:.4f} | {r['unseen']:.4f} | {r['prior']:.3f} |")
+    print(table(rows))
 
 
 if __name__ == "__main__":

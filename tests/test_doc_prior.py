@@ -45,3 +45,9 @@ def test_training_positives_need_ids(doc_prior, tmp_path):
     path.write_text(json.dumps({"query": "q", "pos": ["t"], "neg": ["n"]}) + "\n")
     with pytest.raises(ValueError, match="no pos_ids"):
         doc_prior.training_positives(path)
+
+
+def test_table_marks_an_empty_split(doc_prior):
+    run = pd.DataFrame({"qid": ["2", "2"], "docno": ["b", "p"], "score": [2.0, 1.0]})
+    rows = [doc_prior.row("m", run, QRELS, ["2"], set(), {"p"})]  # b, relevant, was never trained on
+    assert doc_prior.table(rows).splitlines()[-1] == "| m | 1.0000 | - | 1.0000 | 1.000 |"  # p: wrong, trained
