@@ -14,8 +14,9 @@
 # machine). Every finished stage leaves matroyshka_adapter.json and is skipped on a rerun; an interrupted
 # stage resumes from its last checkpoint. Settings: RUNS, DATA, OTHER_POSITIVES, BY_POSITIVES, KD_WEIGHT,
 # KD_WEIGHT3, LR, LR2, LR3, COMP_STEPS, COMP_LR, WIDTH_STEPS, WIDTH_LR, EXTRA (more --key value settings for
-# every stage, e.g. "--max_steps 1" for a dry run). On a 2-core CPU each stage-1 epoch takes 40-50 minutes;
-# train/recipe_gpu.sh is the GPU version.
+# every stage, e.g. "--max_steps 1" for a dry run), and OUT, where the last step (train/ship.sh) writes: by
+# default the repository's demo model, which it replaces, so give an experiment its own (OUT=$RUNS/ship).
+# On a 2-core CPU each stage-1 epoch takes 40-50 minutes; train/recipe_gpu.sh is the GPU version.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
