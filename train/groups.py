@@ -213,8 +213,11 @@ def split_holdout(path: Path, train_out: Path, holdout_out: Path, every: int = 1
     held-out queries shared a positive with training).
     """
     lines = [line for line in Path(path).read_text().splitlines() if line.strip()]
-    records = [json.loads(line) for line in lines] if by_positives else None
-    units = positive_clusters([r["pos"] for r in records]) if by_positives else list(range(len(lines)))
+    if by_positives:
+        records = [json.loads(line) for line in lines]
+        units = positive_clusters([r["pos"] for r in records])
+    else:
+        units = list(range(len(lines)))
     order = {unit: i for i, unit in enumerate(dict.fromkeys(units))}
     held = [order[unit] % every == every - 1 for unit in units]
     holdout = [line for line, h in zip(lines, held) if h]

@@ -23,7 +23,8 @@ PY=${PY:-.venv/bin/python}
 RUNS=${RUNS:-runs/smollm2}
 DATA=${DATA:-runs/scifact}
 OTHER_POSITIVES=${OTHER_POSITIVES:-0}  # negatives from other queries' positives, against a learned document
-                                      # prior (0 shipped; 4 for one epoch: model card). Give it its own DATA
+                                      # prior (0 shipped; 4 in the clean run: bench/results/clean_run.md).
+                                      # Give it its own DATA
 BY_POSITIVES=${BY_POSITIVES:-0}        # 1: hold out whole clusters of queries sharing a positive, never seen in
                                       # training, not even as a negative (0 shipped)
 KD_WEIGHT=${KD_WEIGHT:-1.0}     # weight of the external (MiniLM) distillation terms
