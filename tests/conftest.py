@@ -1,15 +1,20 @@
 """Shared fixtures: the golden checkpoint, tiny random backbones saved as raw base LMs."""
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
+import sys
 import warnings
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 import torch
 
 from pyterrier_matroyshka.paths import shared_data_dir, shared_golden_dir
+
+BENCH = Path(__file__).resolve().parent.parent / "bench"
 
 warnings.filterwarnings("ignore", message=".*Pandas4Warning.*")
 logging.getLogger("transformers").setLevel(logging.ERROR)
@@ -91,3 +96,18 @@ def one_thread():
 @pytest.fixture(scope="session")
 def golden_pairs(golden) -> list[tuple[str, str]]:
     return [(p["query"], p["passage"]) for p in golden["pairs"]]
+
+
+def _load_bench(name: str) -> ModuleType:
+    if str(BENCH) not in sys.path:  # the scripts import their siblings, as when run from bench/
+        sys.path.insert(0, str(BENCH))
+    spec = importlib.util.spec_from_file_location(name, BENCH / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="session")
+def load_bench():
+    """``load_bench(name)``: the script ``bench/<name>.py`` (not a package) imported as a module."""
+    return _load_bench

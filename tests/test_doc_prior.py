@@ -1,24 +1,14 @@
 """bench/doc_prior.py: which queries are "seen", and how much a ranking leans on training positives."""
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import pandas as pd
 import pytest
 
-BENCH = Path(__file__).resolve().parent.parent / "bench"
-
-
 @pytest.fixture(scope="module")
-def doc_prior():
-    sys.path.insert(0, str(BENCH))  # it imports its sibling evaluate_demo
-    spec = importlib.util.spec_from_file_location("doc_prior", BENCH / "doc_prior.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def doc_prior(load_bench):
+    return load_bench("doc_prior")
 
 
 QRELS = pd.DataFrame({"qid": ["1", "1", "2"], "docno": ["a", "x", "b"], "label": [1, 0, 1]})

@@ -1,7 +1,6 @@
 """The evaluation script's bookkeeping: merging query shards and ratios, fused rows next to each shape."""
 from __future__ import annotations
 
-import importlib.util
 import json
 from argparse import Namespace
 from pathlib import Path
@@ -11,15 +10,9 @@ import pytest
 
 from pyterrier_matroyshka.fusion import interpolate
 
-SCRIPT = Path(__file__).resolve().parent.parent / "bench" / "evaluate_demo.py"
-
-
 @pytest.fixture(scope="module")
-def bench():
-    spec = importlib.util.spec_from_file_location("evaluate_demo", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def bench(load_bench):
+    return load_bench("evaluate_demo")
 
 
 def write(folder: Path, name: str, frame: pd.DataFrame, timing: dict) -> None:

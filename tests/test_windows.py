@@ -1,0 +1,41 @@
+"""bench/windows.py: documents split into titled windows, and window scores back to document scores (MaxP)."""
+from __future__ import annotations
+
+
+import pandas as pd
+import pytest
+
+@pytest.fixture(scope="module")
+def windows(load_bench):
+    return load_bench("windows")
+
+
+DOCS = pd.DataFrame({"docno": ["a", "b"], "text": ["Title A w1 w2 w3 w4 w5", "w1 w2"]})
+
+
+def test_windows_prepend_the_title_to_every_window_of_the_body(windows):
+    parts = windows.windows(DOCS, {"a": "Title A"}, length=3, stride=2)  # whitespace words without a tokenizer
+    assert parts["docno"].tolist() == ["a%p0", "a%p1", "b%p0"]
+    assert parts["text"].tolist() == ["Title A w1 w2 w3", "Title A w3 w4 w5", "w1 w2"]  # b: untitled, one window
+
+
+def test_windowed_run_repeats_each_candidate_per_window(windows):
+    parts = windows.windows(DOCS, {"a": "Title A"}, length=3, stride=2)
+    run = pd.DataFrame({"qid": ["1", "1", "2"], "docno": ["b", "a", "a"], "rank": [0, 1, 0], "score": [3., 2., 5.]})
+    out = windows.windowed_run(run, parts)
+    assert list(zip(out["qid"], out["docno"], out["rank"])) == [("1", "b%p0", 0), ("1", "a%p0", 1), ("1", "a%p1", 1),
+                                                                 ("2", "a%p0", 0), ("2", "a%p1", 0)]
+    with pytest.raises(ValueError, match="no windows"):
+        windows.windowed_run(run.assign(docno=["b", "a", "zzz"]), parts)
+
+
+def test_max_passage_keeps_each_documents_best_window_per_column(windows):
+    scores = pd.DataFrame({"qid": ["1", "1", "1", "2"], "docno": ["d%p0", "d%p1", "e%p0", "d%p0"],
+                           "score_L30": [1.0, 3.0, 2.0, -1.0], "score_L15": [5.0, 0.0, 1.0, 0.5]})
+    best = windows.max_passage(scores)
+    assert best.to_dict("list") == {"qid": ["1", "1", "2"], "docno": ["d", "e", "d"],
+                                    "score_L30": [3.0, 2.0, -1.0], "score_L15": [5.0, 1.0, 0.5]}
+
+
+def test_docnos_with_the_separator_keep_their_own(windows):
+    assert windows.parent(pd.Series(["x%py%p2", "plain%p0"])).tolist() == ["x%py", "plain"]
