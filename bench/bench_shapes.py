@@ -5,7 +5,10 @@ A SmolLM2-sized random Llama (30 layers, hidden 576, 9/3 heads) scores 256 real 
 logits only) over the same length-sorted batches. Each measurement runs in its own process so the
 peak resident memory belongs to it alone.
 
-    python bench/bench_shapes.py [--pairs 256] [--batch-size 16] [--dtype bf16]
+    python bench/bench_shapes.py [--pairs 256] [--batch-size 16] [--dtype auto|bf16|fp32]
+
+``auto`` (default) is what the scorer picks: bf16 on CPUs with AMX/AVX-512 BF16, fp32 elsewhere (on an AVX2-only
+AMD EPYC bf16 is several times slower than fp32).
 """
 from __future__ import annotations
 
@@ -111,11 +114,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--pairs", type=int, default=256)
     parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--dtype", default="bf16", choices=["bf16", "fp32"])
+    parser.add_argument("--dtype", default="auto", choices=["auto", "bf16", "fp32"])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--shapes", nargs="*", default=SHAPES)
     parser.add_argument("--memory-of", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.dtype == "auto":
+        from pyterrier_matroyshka.scorer import fast_dtype
+
+        args.dtype = "bf16" if fast_dtype("cpu") == torch.bfloat16 else "fp32"
     if args.memory_of:
         print(json.dumps(peak_memory(args.memory_of, args.pairs, args.batch_size, args.dtype)))
         return

@@ -12,6 +12,10 @@ step, and keeps each document's best window (what ``pt.text.max_passage`` does):
     python bench/evaluate_demo.py fusion --candidates runs/eval/holdout/candidates \\
         --scores runs/eval/holdout/scores_maxp ...                      # or evaluate / significance
 
+Where the whole documents are scored already, ``split --skip-first`` leaves window 0 out (one window in 3.4
+on SciFact) and ``max --scores WINDOWS WHOLE`` lets the whole-document scores (title + the body's start, cut
+to the budget) stand for it.
+
 In a pipeline the same is ``bm25 >> pt.text.sliding(...) >> reranker >> pt.text.max_passage()``.
 """
 from __future__ import annotations
@@ -76,9 +80,9 @@ def windowed_run(run: pd.DataFrame, parts: pd.DataFrame) -> pd.DataFrame:
     return out.drop(columns=["docno"]).rename(columns={"window": "docno"})
 
 
-def split_candidates(candidates: Path, out: Path, length: int, stride: int) -> None:
+def split_candidates(candidates: Path, out: Path, length: int, stride: int, skip_first: bool = False) -> None:
     """A candidates folder of ``bench/evaluate_demo.py`` with every document replaced by its windows of
-    the base model's tokens."""
+    the base model's tokens (without window 0 if ``skip_first``: the ordinary scores stand for it)."""
     from transformers import AutoTokenizer
 
     from pyterrier_matroyshka.offline import resolve_pretrained
@@ -91,6 +95,8 @@ def split_candidates(candidates: Path, out: Path, length: int, stride: int) -> N
         docs = pd.read_parquet(candidates / f"{name}.docs.parquet")
         parts = windows(docs, titles(dataset, docs["docno"]), length, stride, tokenizer)
         run = windowed_run(pd.read_parquet(run_file), parts)
+        if skip_first:
+            run = run[~run["docno"].str.endswith(SEPARATOR + "0")]
         run.to_parquet(out / run_file.name)
         parts.to_parquet(out / f"{name}.docs.parquet")
         shutil.copy(candidates / f"{name}.qrels.parquet", out / f"{name}.qrels.parquet")
@@ -114,30 +120,40 @@ def max_passage(scores: pd.DataFrame) -> pd.DataFrame:
     return scores.assign(docno=parent(scores["docno"])).groupby(["qid", "docno"], sort=False).max().reset_index()
 
 
-def max_passage_folder(scores: Path, out: Path) -> None:
-    """:func:`max_passage` of every score file of a folder written by ``evaluate_demo.py score``."""
+def max_passage_folder(folders: list[Path], out: Path) -> None:
+    """:func:`max_passage` of the score files of ``evaluate_demo.py score`` folders, joined by file name and
+    kept to the queries every folder scored. A folder of ordinary (whole-document) scores counts as each
+    document's window 0: with ``split --skip-first`` only the later windows need scoring."""
     out.mkdir(parents=True, exist_ok=True)
-    for file in sorted(scores.glob("*.parquet")):
-        frame = pd.read_parquet(file)
+    for file in sorted(folders[0].glob("*.parquet")):
+        frames = [pd.read_parquet(folder / file.name) for folder in folders]
+        common = set.intersection(*(set(frame["qid"]) for frame in frames))
+        frame = pd.concat(frames, ignore_index=True)
+        frame = frame[frame["qid"].isin(common)]
         best = max_passage(frame)
         best.to_parquet(out / file.name)
         timing = json.loads(file.with_suffix(".timing.json").read_text())
         timing.update(windows=len(frame), pairs=len(best))  # costs stay per window: x windows/pairs per document
         (out / file.with_suffix(".timing.json").name).write_text(json.dumps(timing, indent=1))
-        print(f"{file.name}: {len(frame)} windows -> {len(best)} documents ({len(frame) / len(best):.2f} each)")
+        print(f"{file.name}: {len(common)} queries, {len(frame)} windows -> {len(best)} documents "
+              f"({len(frame) / len(best):.2f} each)")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("step", choices=["split", "max"])
     parser.add_argument("--candidates", type=Path, help="split: the candidates folder to window")
-    parser.add_argument("--scores", type=Path, help="max: the window scores folder")
+    parser.add_argument("--scores", type=Path, nargs="+", help="max: window score folders (and whole-document "
+                        "scores standing for window 0)")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--length", type=int, default=88, help="split: body tokens per window (the title is added)")
     parser.add_argument("--stride", type=int, default=88, help="split: tokens between window starts")
+    parser.add_argument("--skip-first", action="store_true",
+                        help="split: leave out window 0 (title + the body's start, about what the model reads of "
+                             "a whole document), to be stood for by the ordinary scores in `max`")
     args = parser.parse_args()
     if args.step == "split":
-        split_candidates(args.candidates, args.out, args.length, args.stride)
+        split_candidates(args.candidates, args.out, args.length, args.stride, args.skip_first)
     else:
         max_passage_folder(args.scores, args.out)
 

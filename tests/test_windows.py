@@ -39,3 +39,17 @@ def test_max_passage_keeps_each_documents_best_window_per_column(windows):
 
 def test_docnos_with_the_separator_keep_their_own(windows):
     assert windows.parent(pd.Series(["x%py%p2", "plain%p0"])).tolist() == ["x%py", "plain"]
+
+
+def test_whole_document_scores_stand_for_window_zero_on_common_queries(windows, tmp_path):
+    def write(folder, frame):
+        folder.mkdir()
+        frame.to_parquet(folder / "ds__m.parquet")
+        (folder / "ds__m.timing.json").write_text('{"device": "cpu"}')
+
+    write(tmp_path / "later", pd.DataFrame({"qid": ["1", "1"], "docno": ["d%p1", "d%p2"], "score_L30": [4.0, 0.0]}))
+    write(tmp_path / "whole", pd.DataFrame({"qid": ["1", "1", "9"], "docno": ["d", "e", "d"],
+                                            "score_L30": [2.0, 1.0, 7.0]}))
+    windows.max_passage_folder([tmp_path / "later", tmp_path / "whole"], tmp_path / "out")
+    best = pd.read_parquet(tmp_path / "out" / "ds__m.parquet")
+    assert best.to_dict("list") == {"qid": ["1", "1"], "docno": ["d", "e"], "score_L30": [4.0, 1.0]}  # 9: unscored
