@@ -1,4 +1,4 @@
-"""Shared fixtures: the golden checkpoint, tiny random backbones saved as raw base LMs."""
+"""Shared fixtures: the golden checkpoint, tiny random backbones saved as raw base LMs, bench scripts as modules."""
 from __future__ import annotations
 
 import importlib.util
