@@ -6,6 +6,7 @@ import json
 import pandas as pd
 import pytest
 
+
 @pytest.fixture(scope="module")
 def doc_prior(load_bench):
     return load_bench("doc_prior")

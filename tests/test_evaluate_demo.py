@@ -10,6 +10,7 @@ import pytest
 
 from pyterrier_matroyshka.fusion import interpolate
 
+
 @pytest.fixture(scope="module")
 def bench(load_bench):
     return load_bench("evaluate_demo")

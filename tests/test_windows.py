@@ -1,9 +1,9 @@
 """bench/windows.py: documents split into titled windows, and window scores back to document scores (MaxP)."""
 from __future__ import annotations
 
-
 import pandas as pd
 import pytest
+
 
 @pytest.fixture(scope="module")
 def windows(load_bench):
