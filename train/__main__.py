@@ -1,6 +1,7 @@
 """Command line: ``python -m train groups|teacher|stage1|stage2|stage3 ...``.
 
     python -m train groups --dataset beir/scifact/train --output runs/scifact.groups.jsonl
+    python -m train groups --dataset beir/scifact --title_queries 800 --output runs/scifact.titles.jsonl
     python -m train teacher --input runs/scifact.groups.jsonl --output runs/scifact.teacher.jsonl --scorer minilm
     python -m train holdout --data runs/holdout.jsonl --adapters runs/stage1 --shapes L30 L10
     python -m train split --input runs/scifact.teacher.jsonl --train runs/train.jsonl --holdout runs/holdout.jsonl
@@ -23,6 +24,7 @@ from .config import STAGES
 
 def _groups(argv: Sequence[str]) -> None:
     from .groups import mine_groups, write_groups
+    from .title_groups import mine_title_groups
 
     p = argparse.ArgumentParser(prog="python -m train groups", description="hard-negative groups from ir_datasets")
     p.add_argument("--dataset", required=True, help="ir_datasets id, e.g. beir/scifact/train or cranfield")
@@ -35,8 +37,16 @@ def _groups(argv: Sequence[str]) -> None:
     p.add_argument("--other_positives", type=int, default=0,
                    help="more negatives per group: documents judged relevant to other queries (against a "
                         "learned document prior)")
+    p.add_argument("--title_queries", type=int, default=None, metavar="N",
+                   help="instead of the dataset's judged queries: N random documents' titles as queries, their "
+                        "bodies as positives (no labels used; train/title_groups.py)")
     a = p.parse_args(argv)
     start, stop = (int(x) for x in a.window.split(","))
+    if a.title_queries is not None:
+        groups, summary = mine_title_groups(a.dataset, a.title_queries, num_negatives=a.num_negatives,
+                                            window=(start, stop), seed=a.seed)
+        write_groups(groups, summary, a.output)
+        return
     groups, summary = mine_groups(a.dataset, num_negatives=a.num_negatives, window=(start, stop), seed=a.seed,
                                   min_relevance=a.min_relevance, max_queries=a.max_queries,
                                   other_positives=a.other_positives)

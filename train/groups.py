@@ -68,7 +68,7 @@ def relevant_docs(ds, min_relevance: int = 1) -> dict[str, set[str]]:
     return judged
 
 
-def _ranked(run: pd.DataFrame) -> dict[str, list[str]]:
+def ranked_docnos(run: pd.DataFrame) -> dict[str, list[str]]:
     """``{qid: [docno by rank]}`` from a result frame (``rank`` if present, else by descending score)."""
     key = ["qid", "rank"] if "rank" in run.columns else ["qid", "score"]
     ascending = [True, True] if "rank" in run.columns else [True, False]
@@ -158,7 +158,7 @@ def mine_groups(dataset: str, retriever=None, *, num_negatives: int = 15, window
         from pyterrier_matroyshka.bm25 import bm25
 
         retriever = bm25(dataset, num_results=window[1])
-    ranked = _ranked(retriever(topics)) if len(topics) else {}
+    ranked = ranked_docnos(retriever(topics)) if len(topics) else {}
     corpus_ids = CorpusIds(ds)
     all_positives = sorted({d for qid in topics["qid"] for d in judged[qid]})
     picks = []

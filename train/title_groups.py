@@ -1,0 +1,87 @@
+"""Training groups made from a collection's own documents: each title is a query, its body the positive.
+
+A re-ranker trained on a few hundred judged queries learns which passages won in training (a document prior,
+MODEL_CARD.md) and is weak on queries about passages it never saw winning. Titled collections carry free
+supervision over *every* document: a paper's title states what its abstract is about, much as a SciFact claim
+does. No relevance label is used, so the groups may cover the test collection's documents too.
+
+Every passage of a title group is a document *body* (the title left out): with the title inside the positive
+the task is string matching, and with titles only in the negatives the model would learn that a missing title
+means relevant. Hard negatives come from the first stage's ranking of the title, as in :mod:`train.groups`.
+"""
+from __future__ import annotations
+
+import random
+
+import pandas as pd
+
+from .groups import CorpusIds, GroupsSummary, ranked_docnos, load_dataset, pick_negatives
+
+MIN_TITLE_WORDS = 4  #: shorter titles ("Introduction", "Editorial") say too little to be a query
+
+
+def titled_documents(ds, min_words: int = MIN_TITLE_WORDS) -> list[tuple[str, str]]:
+    """``(doc_id, title)`` of every document with a title of at least ``min_words`` words and a body,
+    sorted by id (whitespace normalised)."""
+    fields = ds.docs_cls()._fields
+    if "title" not in fields or "text" not in fields:
+        raise ValueError(f"title groups need documents with 'title' and 'text' fields; this collection has {fields}")
+    out = []
+    for doc in ds.docs_iter():
+        title = " ".join(str(doc.title or "").split())
+        if len(title.split()) >= min_words and str(doc.text or "").strip():
+            out.append((doc.doc_id, title))
+    return sorted(out)
+
+
+def mine_title_groups(dataset: str, num_docs: int, retriever=None, *, num_negatives: int = 15,
+                      window: tuple[int, int] = (10, 100), seed: int = 42) -> tuple[list[dict], GroupsSummary]:
+    """Groups for ``num_docs`` documents of ``dataset`` drawn at random (seeded): query = title, positive = the
+    document's body, negatives = bodies of documents the first stage ranks in ``window`` for the title.
+
+    Args:
+        retriever: PyTerrier transformer from topics to ranked results; default the project's PISA BM25.
+    Returns the groups in the format of :func:`train.groups.mine_groups` (``qid`` is ``title:<doc_id>``) and
+    the counts.
+    """
+    if num_docs < 1:
+        raise ValueError(f"num_docs must be at least 1, got {num_docs}")
+    ds = load_dataset(dataset)
+    titled = titled_documents(ds)
+    if not titled:
+        raise ValueError(f"no document of {dataset} has a title of {MIN_TITLE_WORDS}+ words and a body")
+    chosen = random.Random(f"{seed}:titles").sample(titled, min(num_docs, len(titled)))
+    topics = pd.DataFrame({"qid": [f"title:{d}" for d, _ in chosen], "query": [t for _, t in chosen]})
+    if retriever is None:
+        from pyterrier_matroyshka.bm25 import bm25
+
+        retriever = bm25(dataset, num_results=window[1])
+    ranked = ranked_docnos(retriever(topics))
+    summary = GroupsSummary(dataset=f"{dataset} (titles)", queries=len(titled))
+    corpus_ids = CorpusIds(ds)
+    picks = []
+    for (doc_id, title), qid in zip(chosen, topics["qid"]):
+        rng = random.Random(f"{seed}:{qid}")
+        negs, extra = pick_negatives(ranked.get(qid, []), {doc_id}, num_negatives, window, rng, corpus_ids)
+        picks.append((qid, title, doc_id, negs, extra))
+    bodies = document_bodies(dataset, [d for p in picks for d in [p[2], *p[3]]])
+    groups = []
+    for qid, title, doc_id, neg_ids, extra in picks:
+        neg_ids = [d for d in neg_ids if bodies.get(d)]
+        groups.append(dict(qid=qid, query=title, pos=[bodies[doc_id]], neg=[bodies[d] for d in neg_ids],
+                           pos_ids=[doc_id], neg_ids=neg_ids))
+        summary.used += 1
+        summary.topped_up += extra > 0
+        summary.positives += 1
+        summary.negatives += len(neg_ids)
+        summary.random_negatives += extra
+    return groups, summary
+
+
+def document_bodies(dataset: str, docnos: list[str]) -> dict[str, str]:
+    """``{docno: body text}`` (the ``text`` field alone) through the project's text loader."""
+    from pyterrier_matroyshka.bm25 import text_loader
+
+    docnos = list(dict.fromkeys(docnos))
+    frame = text_loader(dataset, ("text",))(pd.DataFrame({"qid": "0", "docno": docnos}))
+    return dict(zip(frame["docno"].astype(str), frame["text"].fillna("").astype(str).str.strip()))
