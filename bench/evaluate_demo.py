@@ -260,7 +260,8 @@ def fusion_grid(args) -> None:
 
 def significance(args) -> None:
     """Paired t-tests over queries of every scored shape, alone and fused with BM25: against BM25, or with
-    ``--versus SYSTEM`` against the same shape (alone, fused) of that system."""
+    ``--versus SYSTEM`` against the same shape (alone, fused) of that system, scored in ``--versus-scores``
+    (default: the same folder; another folder compares two trainings of one system)."""
     from ir_measures import nDCG
     from scipy.stats import ttest_rel
 
@@ -270,17 +271,19 @@ def significance(args) -> None:
         run, qrels = read_judged(dataset, args.candidates)
         queries = run["qid"].unique()
 
-        def per_shape(name: str) -> dict[str, tuple[pd.Series, pd.Series]]:
+        def per_shape(name: str, folder: Path = args.scores) -> dict[str, tuple[pd.Series, pd.Series]]:
             """shape -> per-query nDCG@10 of the system alone and fused (empty if it was not scored)."""
             return {shape: (evaluate_per_query(scores.assign(score=scores[column]), qrels, nDCG @ 10, queries),
                             evaluate_per_query(with_bm25(scores, column, args.fusion_weight), qrels, nDCG @ 10,
                                                queries))
-                    for _, _, scores in scored_systems(dataset, run, args.scores, [name])
+                    for _, _, scores in scored_systems(dataset, run, folder, [name])
                     for shape, column in shape_columns(scores)}
 
         bm25 = evaluate_per_query(run, qrels, nDCG @ 10, queries)
-        versus = per_shape(args.versus) if args.versus else None
-        against = f"that of the same shape of {args.versus}" if args.versus else f"BM25's ({bm25.mean():.4f})"
+        versus = per_shape(args.versus, args.versus_scores or args.scores) if args.versus else None
+        where = f" in {args.versus_scores}" if args.versus_scores else ""
+        against = (f"that of the same shape of {args.versus}{where}" if args.versus
+                   else f"BM25's ({bm25.mean():.4f})")
         print(f"\n{dataset}: {len(queries)} queries, nDCG@10 minus {against}, paired t-test p\n")
         print("| system | shape | alone | p | + BM25 | p |\n|---|---|---|---|---|---|")
         for name in args.systems:
@@ -349,6 +352,8 @@ def main() -> None:
                         help="merge: score folders to join into --scores (query shards, other ratios)")
     parser.add_argument("--versus", default=None,
                         help="significance: compare with the same shape of this system instead of BM25")
+    parser.add_argument("--versus-scores", type=Path, default=None,
+                        help="significance: where the --versus system was scored (default: --scores)")
     parser.add_argument("--no-fused", action="store_true", help="report: leave out the '+ BM25' rows")
     parser.add_argument("--max-length", type=int, default=DEFAULT_MAX_LENGTH,
                         help="passage token budget (default: the demo's, as trained)")

@@ -81,3 +81,24 @@ def test_merge_a_folder_listed_first_replaces_a_shape(bench, tmp_path):
     assert merged.to_dict("list") == {"qid": ["1"], "docno": ["x"], "score_L30:r4@4": [7.0], "score_L30": [1.0]}
     timing = json.loads((tmp_path / "all" / f"{name}.timing.json").read_text())
     assert timing["shape_seconds"] == {"L30": 5.0, "L30:r4@4": 2.5}
+
+
+def test_significance_against_the_same_system_scored_elsewhere(bench, tmp_path, capsys):
+    candidates = tmp_path / "candidates"
+    candidates.mkdir()
+    run = pd.DataFrame({"qid": ["1", "1", "2", "2"], "docno": ["a", "b", "c", "d"], "score": [2.0, 1.0, 2.0, 1.0],
+                        "rank": [0, 1, 0, 1]})
+    run.to_parquet(candidates / "beir_scifact_test.run.parquet")
+    pd.DataFrame({"qid": ["1", "2"], "docno": ["b", "d"], "label": [1, 1]}).to_parquet(
+        candidates / "beir_scifact_test.qrels.parquet")
+    # the new training puts the relevant document first for query 1 only; the old one never does
+    for folder, column in (("new", [0.0, 1.0, 1.0, 0.0]), ("old", [1.0, 0.0, 1.0, 0.0])):
+        write(tmp_path / folder, "beir_scifact_test__stage1",
+              run[["qid", "docno"]].assign(score_L30=column), {"device": "cpu"})
+    bench.significance(Namespace(datasets=["beir/scifact/test"], candidates=candidates, scores=tmp_path / "new",
+                                 systems=["stage1"], versus="stage1", versus_scores=tmp_path / "old",
+                                 fusion_weight=0.5))
+    out = capsys.readouterr().out
+    ndcg_second = 1 / 1.5849625007211562  # log2(3): the relevant document at rank 2
+    assert f"the same shape of stage1 in {tmp_path / 'old'}" in out
+    assert f"| stage1 | L30 | {(1 - ndcg_second) / 2:+.4f} |" in out
