@@ -52,10 +52,10 @@ def single_shape(depth: int, ratio: int, compress_at: int = COMPRESS_AT) -> Shap
     return Shape(depth, [compress_at], ratio)  # at ratio 1, Shape drops the compression layer
 
 
-def scored_exits(ratio: int, compress_at: int = COMPRESS_AT) -> list[int]:
+def scored_exits(ratio: int, compress_at: int = COMPRESS_AT, exits: list[int] = EXITS) -> list[int]:
     """The exits of one pass at ``ratio``: a compressed pass scores only the exits after its compression
     layer (an exit before it would be the uncompressed shape, already scored at ratio 1)."""
-    return EXITS if ratio == 1 else [d for d in EXITS if d > compress_at]
+    return list(exits) if ratio == 1 else [d for d in exits if d > compress_at]
 
 
 # -- step 1: candidates ---------------------------------------------------------------------------------
@@ -118,7 +118,7 @@ def score_system(name: str, spec: dict, frames: dict[str, pd.DataFrame], args) -
         pairs = list(zip(frame["query"], frame["text"]))
         scores, timing = frame[["qid", "docno"]].copy(), {"device": str(scorer.device), "pairs": len(pairs)}
         for ratio in ratios:
-            exits = scored_exits(ratio, args.compress_at)
+            exits = scored_exits(ratio, args.compress_at, args.exits)
             grid = Shape(exits, [args.compress_at], ratio)
             per_exit, seconds = timed(lambda: scorer.compute_score(pairs, shape=grid), scorer.device)
             timing[f"pass {grid}"] = seconds
@@ -129,8 +129,9 @@ def score_system(name: str, spec: dict, frames: dict[str, pd.DataFrame], args) -
     first = (read_candidates(args.timing_dataset, args.candidates) if args.timing_dataset
              else next(iter(frames.values())))
     sample = list(zip(first["query"], first["text"]))[:args.timing_pairs]
-    scorer.compute_score(sample[:args.batch_size], shape=Shape(EXITS[-1]))  # warm-up
-    shapes = [single_shape(d, r, args.compress_at) for r in ratios for d in scored_exits(r, args.compress_at)]
+    scorer.compute_score(sample[:args.batch_size], shape=Shape(args.exits[-1]))  # warm-up
+    shapes = [single_shape(d, r, args.compress_at) for r in ratios
+              for d in scored_exits(r, args.compress_at, args.exits)]
     per_shape = {str(shape): timed(lambda: scorer.compute_score(sample, shape=shape), scorer.device)[1]
                  for shape in shapes}
     for dataset, frame in frames.items():  # estimated cost at each dataset's own mean lengths
@@ -337,6 +338,9 @@ def main() -> None:
     parser.add_argument("--timing-pairs", type=int, default=512, help="score: pairs timed at each single shape")
     parser.add_argument("--timing-dataset", default=None,
                         help="score: the dataset whose pairs are timed (default: the first of --datasets)")
+    parser.add_argument("--exits", type=int, nargs="+", default=EXITS,
+                        help="score: the exits of each pass (a pass costs its deepest exit: leave out L30 to "
+                             "score the early exits at a fraction of the time)")
     parser.add_argument("--ratios", type=int, nargs="*", default=RATIOS, help="score: compression ratios to run")
     parser.add_argument("--compress-at", type=int, default=COMPRESS_AT,
                         help="score: the block before which a compressed pass pools the passage")

@@ -66,6 +66,7 @@ def test_metrics_have_a_fused_entry_per_shape(bench, tmp_path):
 def test_compressed_pass_scores_only_exits_after_its_layer(bench):
     assert bench.scored_exits(1, compress_at=8) == bench.EXITS
     assert bench.scored_exits(4, compress_at=8) == [e for e in bench.EXITS if e > 8]
+    assert bench.scored_exits(4, compress_at=8, exits=[6, 10, 15]) == [10, 15]
     assert str(bench.single_shape(30, 4, compress_at=8)) == "L30:r4@8"
     assert str(bench.single_shape(30, 1, compress_at=8)) == "L30"
 
