@@ -1,7 +1,7 @@
 """Command line: ``python -m train groups|teacher|stage1|stage2|stage3 ...``.
 
     python -m train groups --dataset beir/scifact/train --output runs/scifact.groups.jsonl
-    python -m train groups --dataset beir/scifact --title_queries 800 --output runs/scifact.titles.jsonl
+    python -m train groups --dataset beir/scifact/train --title_queries 800 --output runs/scifact.titles.jsonl
     python -m train teacher --input runs/scifact.groups.jsonl --output runs/scifact.teacher.jsonl --scorer minilm
     python -m train holdout --data runs/holdout.jsonl --adapters runs/stage1 --shapes L30 L10
     python -m train split --input runs/scifact.teacher.jsonl --train runs/train.jsonl --holdout runs/holdout.jsonl

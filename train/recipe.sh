@@ -12,9 +12,9 @@
 #
 # Two single-threaded chains run side by side (one thread per process is fastest on a shared 2-core
 # machine). Every finished stage leaves matroyshka_adapter.json and is skipped on a rerun; an interrupted
-# stage resumes from its last checkpoint. Settings: RUNS, DATA, OTHER_POSITIVES, BY_POSITIVES, KD_WEIGHT,
-# KD_WEIGHT3, LR, LR2, LR3, COMP_STEPS, COMP_LR, WIDTH_STEPS, WIDTH_LR, EXTRA (more --key value settings for
-# every stage, e.g. "--max_steps 1" for a dry run), and OUT, where the last step (train/ship.sh) writes: by
+# stage resumes from its last checkpoint. Settings: RUNS, DATA, OTHER_POSITIVES, BY_POSITIVES, TITLE_QUERIES,
+# KD_WEIGHT, KD_WEIGHT3, LR, LR2, LR3, COMP_STEPS, COMP_LR, WIDTH_STEPS, WIDTH_LR, EXTRA (more --key value settings
+# for every stage, e.g. "--max_steps 1" for a dry run), and OUT, where the last step (train/ship.sh) writes: by
 # default the repository's demo model, which it replaces, so give an experiment its own (OUT=$RUNS/ship).
 # On a 2-core CPU each stage-1 epoch takes 40-50 minutes; train/recipe_gpu.sh is the GPU version.
 set -euo pipefail
@@ -27,6 +27,9 @@ OTHER_POSITIVES=${OTHER_POSITIVES:-0}  # negatives from other queries' positives
                                       # Give it its own DATA
 BY_POSITIVES=${BY_POSITIVES:-0}        # 1: hold out whole clusters of queries sharing a positive, never seen in
                                       # training, not even as a negative (0 shipped)
+TITLE_QUERIES=${TITLE_QUERIES:-0}      # N > 0: N more training groups from SciFact's own titles, no labels used
+                                      # (train/title_groups.py; 0 shipped, tried on the shipped stage 1 only:
+                                      # bench/results/title_groups_holdout.md)
 KD_WEIGHT=${KD_WEIGHT:-1.0}     # weight of the external (MiniLM) distillation terms
 LR=${LR:-1e-3}                  # stage 1 and the naive baseline; the reference's 2e-4 (tuned for thousands of
                                 # 7B steps) left CE at chance after 30 of our 91 steps
@@ -40,7 +43,9 @@ COMP_LR=${COMP_LR:-5e-4}        # 25 steps at 2e-4 barely moved it; 100 at 5e-4 
 WIDTH_STEPS=${WIDTH_STEPS:-100} # the same for each horizontal adapter: at 25 steps and 2e-4 they changed
 WIDTH_LR=${WIDTH_LR:-1e-3}      # nothing measurable; 100 steps at stage 1's lr gained +0.03 nDCG@10 at
                                 # L30:r4@4 on the holdout (model card)
-COMMON=(--train_data "$DATA/train.jsonl" --lora_dropout 0)
+TRAIN="$DATA/train.jsonl"
+[ "$TITLE_QUERIES" = 0 ] || TRAIN="$TRAIN,$DATA/titles$TITLE_QUERIES.teacher.jsonl"
+COMMON=(--train_data "$TRAIN" --lora_dropout 0)
 read -r -a EXTRA_ARGS <<< "${EXTRA:-}"
 ON_STAGE1=(--merge_adapters "$RUNS/stage1_rank8" --lora_r 4 --lora_alpha 8)  # every compensation adapter
 VERTICAL=("${ON_STAGE1[@]}" --max_steps "$COMP_STEPS" --lr "$COMP_LR")
@@ -57,6 +62,12 @@ source train/stage.sh
 [ -s "$DATA/holdout.jsonl" ] || "$PY" -m train split --input "$DATA/groups.teacher.jsonl" \
     --train "$DATA/train.jsonl" --holdout "$DATA/holdout.jsonl" --every 10 \
     $([ "$BY_POSITIVES" = 1 ] && echo --by_positives)
+if [ "$TITLE_QUERIES" != 0 ] && [ ! -s "$DATA/titles$TITLE_QUERIES.teacher.jsonl" ]; then
+  "$PY" -m train groups --dataset beir/scifact/train --title_queries "$TITLE_QUERIES" \
+      --output "$DATA/titles$TITLE_QUERIES.jsonl"
+  "$PY" -m train teacher --input "$DATA/titles$TITLE_QUERIES.jsonl" \
+      --output "$DATA/titles$TITLE_QUERIES.teacher.jsonl" --scorer minilm
+fi
 
 chain_matroyshka() {
   stage "$RUNS/stage1_epoch1" stage1 --kd_external_weight "$KD_WEIGHT" --lr "$LR"
