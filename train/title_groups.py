@@ -15,7 +15,7 @@ import random
 
 import pandas as pd
 
-from .groups import CorpusIds, GroupsSummary, ranked_docnos, load_dataset, pick_negatives
+from .groups import CorpusIds, GroupsSummary, load_dataset, pick_negatives, ranked_docnos
 
 MIN_TITLE_WORDS = 4  #: shorter titles ("Introduction", "Editorial") say too little to be a query
 
