@@ -113,20 +113,41 @@ class CorpusIds:
         return rng.choice(self._ids) if self._ids else None
 
 
-def doc_texts(dataset: str, ds, docnos: Sequence[str]) -> dict[str, str]:
-    """Texts as the project's BM25 gives them to the re-ranker (title + text where titled); ``ir_datasets``'
-    docstore fields otherwise."""
+def doc_texts(dataset: str, ds, docnos: Sequence[str], fields: Optional[Sequence[str]] = None) -> dict[str, str]:
+    """Texts as the project's BM25 gives them to the re-ranker (title + text where titled), or only
+    ``fields`` joined; ``ir_datasets``' docstore fields otherwise."""
     docnos = list(dict.fromkeys(docnos))
     try:
         from pyterrier_matroyshka.bm25 import text_loader
     except ImportError:  # pragma: no cover
         text_loader = None
     if text_loader is not None:
-        frame = text_loader(dataset)(pd.DataFrame({"qid": "0", "docno": docnos}))
+        frame = text_loader(dataset, fields)(pd.DataFrame({"qid": "0", "docno": docnos}))
         return dict(zip(frame["docno"].astype(str), frame["text"].fillna("").astype(str)))
-    fields = [f for f in ("title", "text") if f in ds.docs_cls()._fields]
+    fields = [f for f in (fields or ("title", "text")) if f in ds.docs_cls()._fields]
     store = ds.docs_store()
     return {d: " ".join(str(getattr(doc, f) or "") for f in fields).strip() for d, doc in store.get_many(docnos).items()}
+
+
+def assemble_groups(picks: Sequence[tuple], texts: dict[str, str], summary: GroupsSummary) -> list[dict]:
+    """Groups in the reference format from ``(qid, query, pos_ids, neg_ids, random negatives)`` picks and
+    the documents' ``texts``: documents without text are dropped, and a group left without a positive is
+    skipped; ``summary`` counts what was written."""
+    groups = []
+    for qid, query, pos_ids, neg_ids, extra in picks:
+        pos_ids = [d for d in pos_ids if texts.get(d)]
+        neg_ids = [d for d in neg_ids if texts.get(d)]
+        if not pos_ids:
+            summary.skipped_no_positive += 1
+            continue
+        groups.append(dict(qid=str(qid), query=query, pos=[texts[d] for d in pos_ids], neg=[texts[d] for d in neg_ids],
+                           pos_ids=pos_ids, neg_ids=neg_ids))
+        summary.used += 1
+        summary.topped_up += extra > 0
+        summary.positives += len(pos_ids)
+        summary.negatives += len(neg_ids)
+        summary.random_negatives += extra
+    return groups
 
 
 def mine_groups(dataset: str, retriever=None, *, num_negatives: int = 15, window: tuple[int, int] = (10, 100),
@@ -172,21 +193,7 @@ def mine_groups(dataset: str, retriever=None, *, num_negatives: int = 15, window
             summary.other_positive_negatives += len(others)
         picks.append((qid, query, sorted(judged[qid]), negs, extra))
     texts = doc_texts(dataset, ds, [d for p in picks for d in p[2] + p[3]])
-    groups = []
-    for qid, query, pos_ids, neg_ids, extra in picks:
-        pos_ids = [d for d in pos_ids if texts.get(d)]
-        neg_ids = [d for d in neg_ids if texts.get(d)]
-        if not pos_ids:
-            summary.skipped_no_positive += 1
-            continue
-        groups.append(dict(qid=str(qid), query=query, pos=[texts[d] for d in pos_ids], neg=[texts[d] for d in neg_ids],
-                           pos_ids=pos_ids, neg_ids=neg_ids))
-        summary.used += 1
-        summary.topped_up += extra > 0
-        summary.positives += len(pos_ids)
-        summary.negatives += len(neg_ids)
-        summary.random_negatives += extra
-    return groups, summary
+    return assemble_groups(picks, texts, summary), summary
 
 
 def write_groups(groups: Sequence[dict], summary: GroupsSummary, output: Path) -> Path:

@@ -15,7 +15,8 @@ import random
 
 import pandas as pd
 
-from .groups import CorpusIds, GroupsSummary, load_dataset, pick_negatives, ranked_docnos
+from .groups import (CorpusIds, GroupsSummary, assemble_groups, doc_texts, load_dataset, pick_negatives,
+                     ranked_docnos)
 
 MIN_TITLE_WORDS = 4  #: shorter titles ("Introduction", "Editorial") say too little to be a query
 
@@ -63,25 +64,6 @@ def mine_title_groups(dataset: str, num_docs: int, retriever=None, *, num_negati
     for (doc_id, title), qid in zip(chosen, topics["qid"]):
         rng = random.Random(f"{seed}:{qid}")
         negs, extra = pick_negatives(ranked.get(qid, []), {doc_id}, num_negatives, window, rng, corpus_ids)
-        picks.append((qid, title, doc_id, negs, extra))
-    bodies = document_bodies(dataset, [d for p in picks for d in [p[2], *p[3]]])
-    groups = []
-    for qid, title, doc_id, neg_ids, extra in picks:
-        neg_ids = [d for d in neg_ids if bodies.get(d)]
-        groups.append(dict(qid=qid, query=title, pos=[bodies[doc_id]], neg=[bodies[d] for d in neg_ids],
-                           pos_ids=[doc_id], neg_ids=neg_ids))
-        summary.used += 1
-        summary.topped_up += extra > 0
-        summary.positives += 1
-        summary.negatives += len(neg_ids)
-        summary.random_negatives += extra
-    return groups, summary
-
-
-def document_bodies(dataset: str, docnos: list[str]) -> dict[str, str]:
-    """``{docno: body text}`` (the ``text`` field alone) through the project's text loader."""
-    from pyterrier_matroyshka.bm25 import text_loader
-
-    docnos = list(dict.fromkeys(docnos))
-    frame = text_loader(dataset, ("text",))(pd.DataFrame({"qid": "0", "docno": docnos}))
-    return dict(zip(frame["docno"].astype(str), frame["text"].fillna("").astype(str).str.strip()))
+        picks.append((qid, title, [doc_id], negs, extra))
+    bodies = doc_texts(dataset, ds, [d for p in picks for d in p[2] + p[3]], fields=("text",))
+    return assemble_groups(picks, bodies, summary), summary
