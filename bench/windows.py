@@ -37,29 +37,27 @@ from evaluate_demo import BASE  # noqa: E402
 SEPARATOR = "%p"  # pt.text.sliding's passage suffix: docno%p0, docno%p1, ...
 
 
-def titles(dataset: str, docnos) -> dict[str, str]:
-    """Each document's title (none where the collection has no title field)."""
+def titled_bodies(dataset: str, docnos) -> pd.DataFrame:
+    """``docno``, ``title`` (empty where the collection has no title field) and ``body`` (the text field
+    alone) of each document, from the collection."""
+    from pyterrier_matroyshka.bm25 import text_loader
     from pyterrier_matroyshka.collections import ensure_dataset
 
+    frame = text_loader(dataset, ("text",), "body")(pd.DataFrame({"qid": "0", "docno": list(docnos)}))
     ds = ensure_dataset(dataset)
-    if "title" not in ds.docs_cls()._fields:
-        return {}
-    return {d: doc.title or "" for d, doc in ds.docs_store().get_many(list(docnos)).items()}
+    title = ({d: doc.title or "" for d, doc in ds.docs_store().get_many(list(docnos)).items()}
+             if "title" in ds.docs_cls()._fields else {})
+    return frame.assign(title=[title.get(d, "") for d in frame["docno"]])[["docno", "title", "body"]]
 
 
-def windows(docs: pd.DataFrame, title: dict[str, str], length: int, stride: int, tokenizer=None) -> pd.DataFrame:
-    """``docs`` (docno, text = title + " " + body) as windows of ``length`` body tokens every ``stride``
-    (``tokenizer``'s tokens; whitespace words without one), each with its title prepended, docnos
-    ``docno%pK``."""
+def windows(docs: pd.DataFrame, length: int, stride: int, tokenizer=None) -> pd.DataFrame:
+    """``docs`` (docno, title, body) as windows of ``length`` body tokens every ``stride`` (``tokenizer``'s
+    tokens; whitespace words without one), each with its title prepended, docnos ``docno%pK``."""
     import pyterrier as pt
 
-    frame = docs.assign(title=[title.get(d, "") for d in docs["docno"]])
-    # the candidates' text starts with the title (bm25.text_loader joins title + text): the rest is the body
-    frame["body"] = [text[len(t):].lstrip() if t and text.startswith(t) else text
-                     for t, text in zip(frame["title"], frame["text"])]
     # a document frame (no qid): pyterrier 1.1.2's result-frame path fails on short documents with a title
     split = pt.text.sliding(text_attr="body", length=length, stride=stride, prepend_attr="title",
-                            tokenizer=tokenizer)(frame[["docno", "title", "body"]])
+                            tokenizer=tokenizer)(docs[["docno", "title", "body"]])
     split["body"] = split["body"].str.strip()  # an untitled window starts with the join space
     return split.rename(columns={"body": "text"})[["docno", "text"]].reset_index(drop=True)
 
@@ -93,7 +91,7 @@ def split_candidates(candidates: Path, out: Path, length: int, stride: int, skip
         name = run_file.name.removesuffix(".run.parquet")
         dataset = dataset_id(name)
         docs = pd.read_parquet(candidates / f"{name}.docs.parquet")
-        parts = windows(docs, titles(dataset, docs["docno"]), length, stride, tokenizer)
+        parts = windows(titled_bodies(dataset, docs["docno"]), length, stride, tokenizer)
         run = windowed_run(pd.read_parquet(run_file), parts)
         if skip_first:
             run = run[~run["docno"].str.endswith(SEPARATOR + "0")]

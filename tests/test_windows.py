@@ -10,17 +10,17 @@ def windows(load_bench):
     return load_bench("windows")
 
 
-DOCS = pd.DataFrame({"docno": ["a", "b"], "text": ["Title A w1 w2 w3 w4 w5", "w1 w2"]})
+DOCS = pd.DataFrame({"docno": ["a", "b"], "title": ["Title A", ""], "body": ["w1 w2 w3 w4 w5", "w1 w2"]})
 
 
 def test_windows_prepend_the_title_to_every_window_of_the_body(windows):
-    parts = windows.windows(DOCS, {"a": "Title A"}, length=3, stride=2)  # whitespace words without a tokenizer
+    parts = windows.windows(DOCS, length=3, stride=2)  # whitespace words without a tokenizer
     assert parts["docno"].tolist() == ["a%p0", "a%p1", "b%p0"]
     assert parts["text"].tolist() == ["Title A w1 w2 w3", "Title A w3 w4 w5", "w1 w2"]  # b: untitled, one window
 
 
 def test_windowed_run_repeats_each_candidate_per_window(windows):
-    parts = windows.windows(DOCS, {"a": "Title A"}, length=3, stride=2)
+    parts = windows.windows(DOCS, length=3, stride=2)
     run = pd.DataFrame({"qid": ["1", "1", "2"], "docno": ["b", "a", "a"], "rank": [0, 1, 0], "score": [3., 2., 5.]})
     out = windows.windowed_run(run, parts)
     assert list(zip(out["qid"], out["docno"], out["rank"])) == [("1", "b%p0", 0), ("1", "a%p0", 1), ("1", "a%p1", 1),
