@@ -4,6 +4,8 @@
     python -m train groups --dataset beir/scifact/train --title_queries 800 --output runs/scifact.titles.jsonl
     python -m train teacher --input runs/scifact.groups.jsonl --output runs/scifact.teacher.jsonl --scorer minilm
     python -m train holdout --data runs/holdout.jsonl --adapters runs/stage1 --shapes L30 L10
+    python -m train bm25_target --input runs/scifact.teacher.jsonl --output runs/scifact.fused.jsonl \
+        --dataset beir/scifact/train --weight 0.5
     python -m train split --input runs/scifact.teacher.jsonl --train runs/train.jsonl --holdout runs/holdout.jsonl
     python -m train stage1 --config train/configs/stage1.json --train_data runs/scifact.teacher.jsonl
     torchrun --nproc_per_node 2 -m train stage1 --config train/configs/stage1.json ...   (DDP)
@@ -68,6 +70,19 @@ def _teacher(argv: Sequence[str]) -> None:
     a = p.parse_args(argv)
     scorer = make_scorer(a.scorer, a.model, [x for x in a.adapters.split(",") if x], a.shape, a.batch_size, a.dtype)
     add_teacher_scores(a.input, a.output, scorer, verbose=True)
+
+
+def _bm25_target(argv: Sequence[str]) -> None:
+    from .first_stage_target import add_first_stage_target
+
+    p = argparse.ArgumentParser(prog="python -m train bm25_target",
+                                description="replace teacher scores by the teacher fused with BM25 (per group)")
+    p.add_argument("--input", required=True, type=Path, help="groups with teacher scores")
+    p.add_argument("--output", required=True, type=Path)
+    p.add_argument("--dataset", required=True, help="the ir_datasets id the groups were mined from")
+    p.add_argument("--weight", type=float, default=0.5, help="BM25's share in [0, 1]")
+    a = p.parse_args(argv)
+    print(add_first_stage_target(a.input, a.output, a.dataset, a.weight))
 
 
 def _split(argv: Sequence[str]) -> None:
@@ -142,7 +157,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
                         format=f"%(asctime)s [rank {rank}] %(name)s: %(message)s")
     for noisy in ("transformers", "httpx", "ir_datasets"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    commands = ("groups", "teacher", "split", "export", "holdout") + STAGES
+    commands = ("groups", "teacher", "bm25_target", "split", "export", "holdout") + STAGES
     if not argv or argv[0] not in commands:
         print(__doc__)
         print(f"commands: {', '.join(commands)}")
@@ -152,6 +167,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         _groups(rest)
     elif command == "teacher":
         _teacher(rest)
+    elif command == "bm25_target":
+        _bm25_target(rest)
     elif command == "split":
         _split(rest)
     elif command == "export":

@@ -1,0 +1,92 @@
+"""A distillation target that knows what BM25 knows: the teacher's logits fused with each passage's BM25 score.
+
+On SciFact the MS MARCO teacher alone is only at BM25's level, but the two fused are well above either
+(test nDCG@10: BM25 0.678, teacher 0.679, teacher + BM25 at weight 0.5 0.709), and the student, trained on 729
+queries, learns a document prior instead of lexical evidence (bench/results/doc_prior.md). Distilling from
+the fused scores asks the student for that evidence itself, so that it need not be fused at inference.
+
+Per group (its positives and negatives, all scored for the group's query), as :mod:`pyterrier_matroyshka.fusion`
+does per query at inference:
+
+    fused = (1 - weight) * z(teacher) + weight * z(BM25),  then rescaled to the teacher's spread in the group
+
+The rescaling keeps the target's softmax as sharp as the teacher's (the stage-1 loss takes a softmax at
+temperature 1, spec 10), so only its order changes. BM25 scores are exact: every document sharing a term with
+the query is retrieved (``depth`` at least the corpus size) and one that shares none scores 0.
+The teacher's own logits are kept as ``teacher_pos_scores`` / ``teacher_neg_scores``, BM25's as
+``bm25_pos_scores`` / ``bm25_neg_scores``.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import pandas as pd
+
+log = logging.getLogger(__name__)
+
+
+def bm25_scores(dataset: str, queries: dict[str, str], depth: Optional[int] = None,
+                batch: int = 64) -> dict[str, dict[str, float]]:
+    """``{qid: {docno: BM25 score}}`` for every document of ``dataset``'s corpus that matches the query
+    (PISA, the project's BM25 settings); ``depth`` defaults to the corpus size, so nothing is cut off."""
+    from pyterrier_matroyshka.bm25 import pisa_index
+    from pyterrier_matroyshka.collections import ensure_dataset
+
+    depth = depth or ensure_dataset(dataset.removeprefix("irds:")).docs_count()
+    retriever = pisa_index(dataset).bm25(k1=0.9, b=0.4, num_results=depth)
+    topics = pd.DataFrame({"qid": list(queries), "query": list(queries.values())})
+    scores: dict[str, dict[str, float]] = {}
+    for start in range(0, len(topics), batch):
+        run = retriever(topics.iloc[start:start + batch])
+        for qid, frame in run.groupby("qid", sort=False):
+            scores[str(qid)] = dict(zip(frame["docno"].astype(str), frame["score"].astype(float)))
+    return scores
+
+
+def fused_logits(teacher: np.ndarray, bm25: np.ndarray, weight: float) -> np.ndarray:
+    """``(1 - weight) z(teacher) + weight z(bm25)`` over one group, rescaled to the teacher's standard
+    deviation (a constant part is left as it is: softmax ignores shifts)."""
+    def z(x: np.ndarray) -> np.ndarray:
+        spread = x.std()
+        return (x - x.mean()) / spread if spread > 0 else np.zeros_like(x)
+
+    fused = z((1 - weight) * z(teacher) + weight * z(bm25))
+    return fused * teacher.std() + teacher.mean()
+
+
+def add_first_stage_target(source: Path, output: Path, dataset: str, weight: float = 0.5,
+                           depth: Optional[int] = None) -> dict:
+    """Copy the groups of ``source`` (with teacher ``pos_scores``/``neg_scores`` and corpus ``pos_ids``/
+    ``neg_ids``) to ``output`` with the fused target in ``pos_scores``/``neg_scores``; returns counts."""
+    if not 0.0 <= weight <= 1.0:
+        raise ValueError(f"BM25 weight {weight!r} is outside [0, 1]: 0 keeps the teacher, 1 is BM25 alone")
+    records = [json.loads(line) for line in Path(source).read_text(encoding="utf-8").splitlines() if line.strip()]
+    for n, record in enumerate(records, 1):
+        missing = [k for k in ("qid", "pos_ids", "neg_ids", "pos_scores", "neg_scores") if k not in record]
+        if missing:
+            raise ValueError(f"{source}:{n} lacks {', '.join(missing)}: give groups from `python -m train groups` "
+                             "with teacher scores from `python -m train teacher`")
+    scores = bm25_scores(dataset, {str(r["qid"]): r["query"] for r in records}, depth)
+    unmatched = 0
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    with open(output, "w", encoding="utf-8") as out:
+        for record in records:
+            by_doc = scores.get(str(record["qid"]), {})
+            ids = record["pos_ids"] + record["neg_ids"]
+            bm25 = np.array([by_doc.get(d, 0.0) for d in ids])
+            unmatched += sum(d not in by_doc for d in ids)
+            teacher = np.array(record["pos_scores"] + record["neg_scores"], dtype=float)
+            fused = fused_logits(teacher, bm25, weight).tolist()
+            n_pos = len(record["pos_ids"])
+            record.update(teacher_pos_scores=record["pos_scores"], teacher_neg_scores=record["neg_scores"],
+                          bm25_pos_scores=bm25[:n_pos].tolist(), bm25_neg_scores=bm25[n_pos:].tolist(),
+                          pos_scores=fused[:n_pos], neg_scores=fused[n_pos:])
+            out.write(json.dumps(record, ensure_ascii=False) + "\n")
+    counts = dict(groups=len(records), passages_without_query_terms=unmatched, weight=weight)
+    log.info("BM25-fused teacher target -> %s: %s", output, counts)
+    return counts
