@@ -4,6 +4,9 @@ On SciFact the MS MARCO teacher alone is only at BM25's level, but the two fused
 (test nDCG@10: BM25 0.678, teacher 0.679, teacher + BM25 at weight 0.5 0.709), and the student, trained on 729
 queries, learns a document prior instead of lexical evidence (bench/results/doc_prior.md). Distilling from
 the fused scores asks the student for that evidence itself, so that it need not be fused at inference.
+Tried on the shipped stage 1 (twelfth session, ``bench/results/bm25_target_holdout.md``): the student fitted
+the training groups' fused order but carried none of it to held-out queries (L30 unchanged, its order no
+closer to BM25's), so the target is an option here, not part of the recipe.
 
 Per group (its positives and negatives, all scored for the group's query), as :mod:`pyterrier_matroyshka.fusion`
 does per query at inference:
