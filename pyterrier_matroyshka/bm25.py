@@ -124,17 +124,18 @@ def text_loader(dataset: str, text_fields: Sequence[str] | None = None, text_fie
 
 
 def bm25(dataset: str, num_results: int = 100, k1: float = 0.9, b: float = 0.4, text_field: str = "text",
-         text_fields: Sequence[str] | None = None, verbose: bool = False) -> pt.Transformer:
+         text_fields: Sequence[str] | None = None, verbose: bool = False, with_text: bool = True) -> pt.Transformer:
     """PISA BM25 over ``dataset``'s corpus, then its document text.
 
     Input: a topics frame (``qid``, ``query``). Output: ``qid``, ``query`` (unchanged), ``docno``, ``score``,
     ``rank`` (from 0) and ``text_field`` with the text of :func:`text_loader`, at most ``num_results`` a query.
-    ``k1=0.9, b=0.4`` are Anserini's defaults.
+    ``k1=0.9, b=0.4`` are Anserini's defaults. ``with_text=False`` leaves the text out (scores only: cheaper
+    when every matching document is retrieved).
     """
     index = pisa_index(dataset, text_fields, verbose=verbose)
     with _quiet(not verbose):  # the retriever builds its BM25 block-max data on first use
         retriever = index.bm25(k1=k1, b=b, num_results=num_results)
-    return retriever >> text_loader(dataset, text_fields, text_field)
+    return retriever >> text_loader(dataset, text_fields, text_field) if with_text else retriever
 
 
 def dl19_bm25_run(text_field: str = "text") -> pd.DataFrame:

@@ -29,6 +29,10 @@ from typing import Optional
 import numpy as np
 import pandas as pd
 
+from pyterrier_matroyshka.fusion import check_weight, interpolate, zscore_per_query
+
+from .data import parse_group
+
 log = logging.getLogger(__name__)
 
 
@@ -36,11 +40,11 @@ def bm25_scores(dataset: str, queries: dict[str, str], depth: Optional[int] = No
                 batch: int = 64) -> dict[str, dict[str, float]]:
     """``{qid: {docno: BM25 score}}`` for every document of ``dataset``'s corpus that matches the query
     (PISA, the project's BM25 settings); ``depth`` defaults to the corpus size, so nothing is cut off."""
-    from pyterrier_matroyshka.bm25 import pisa_index
+    from pyterrier_matroyshka.bm25 import bm25
     from pyterrier_matroyshka.collections import ensure_dataset
 
     depth = depth or ensure_dataset(dataset.removeprefix("irds:")).docs_count()
-    retriever = pisa_index(dataset).bm25(k1=0.9, b=0.4, num_results=depth)
+    retriever = bm25(dataset, num_results=depth, with_text=False)
     topics = pd.DataFrame({"qid": list(queries), "query": list(queries.values())})
     scores: dict[str, dict[str, float]] = {}
     for start in range(0, len(topics), batch):
@@ -51,28 +55,30 @@ def bm25_scores(dataset: str, queries: dict[str, str], depth: Optional[int] = No
 
 
 def fused_logits(teacher: np.ndarray, bm25: np.ndarray, weight: float) -> np.ndarray:
-    """``(1 - weight) z(teacher) + weight z(bm25)`` over one group, rescaled to the teacher's standard
-    deviation (a constant part is left as it is: softmax ignores shifts)."""
-    def z(x: np.ndarray) -> np.ndarray:
-        spread = x.std()
-        return (x - x.mean()) / spread if spread > 0 else np.zeros_like(x)
-
-    fused = z((1 - weight) * z(teacher) + weight * z(bm25))
-    return fused * teacher.std() + teacher.mean()
+    """``(1 - weight) z(teacher) + weight z(bm25)`` over one group, as inference fuses a query's candidates,
+    rescaled to the teacher's mean and standard deviation in the group."""
+    group = pd.Series(np.zeros(len(teacher)))
+    fused = interpolate(group, pd.Series(bm25, dtype=float), pd.Series(teacher, dtype=float), weight)
+    return zscore_per_query(group, pd.Series(fused)) * teacher.std() + teacher.mean()
 
 
 def add_first_stage_target(source: Path, output: Path, dataset: str, weight: float = 0.5,
                            depth: Optional[int] = None) -> dict:
     """Copy the groups of ``source`` (with teacher ``pos_scores``/``neg_scores`` and corpus ``pos_ids``/
     ``neg_ids``) to ``output`` with the fused target in ``pos_scores``/``neg_scores``; returns counts."""
-    if not 0.0 <= weight <= 1.0:
-        raise ValueError(f"BM25 weight {weight!r} is outside [0, 1]: 0 keeps the teacher, 1 is BM25 alone")
-    records = [json.loads(line) for line in Path(source).read_text(encoding="utf-8").splitlines() if line.strip()]
-    for n, record in enumerate(records, 1):
-        missing = [k for k in ("qid", "pos_ids", "neg_ids", "pos_scores", "neg_scores") if k not in record]
+    check_weight(weight)  # before the retrieval: 0 keeps the teacher, 1 is BM25 alone
+    records = []
+    for n, line in enumerate(Path(source).read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        group = parse_group(line, f"{source}:{n}")  # malformed lines and misaligned scores, with file:line
+        record = json.loads(line)
+        missing = [k for k in ("qid", "pos_ids", "neg_ids") if k not in record]
+        missing += [] if group.has_scores else ["pos_scores, neg_scores"]
         if missing:
             raise ValueError(f"{source}:{n} lacks {', '.join(missing)}: give groups from `python -m train groups` "
                              "with teacher scores from `python -m train teacher`")
+        records.append(record)
     scores = bm25_scores(dataset, {str(r["qid"]): r["query"] for r in records}, depth)
     unmatched = 0
     output = Path(output)
