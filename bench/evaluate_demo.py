@@ -32,6 +32,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from pyterrier_matroyshka.demo import DEFAULT_MAX_LENGTH, DEMO_FUSION_WEIGHT  # noqa: E402
+from pyterrier_matroyshka.score_in_text import passages_with_scores  # noqa: E402
 from pyterrier_matroyshka.scorer import MatroyshkaScorer  # noqa: E402
 from pyterrier_matroyshka.shape import Shape  # noqa: E402
 
@@ -80,10 +81,15 @@ def write_candidates(dataset: str, top_k: int, queries: int | None, folder: Path
     print(f"{dataset}: {len(keep)} queries, {len(frame)} pairs, {frame.docno.nunique()} documents")
 
 
-def read_candidates(dataset: str, folder: Path) -> pd.DataFrame:
+def read_candidates(dataset: str, folder: Path, score_in_text: bool = False) -> pd.DataFrame:
+    """The candidates with their texts; ``score_in_text`` writes each pair's BM25 score before its passage
+    (for a model trained so, :mod:`pyterrier_matroyshka.score_in_text`)."""
     run = pd.read_parquet(folder / f"{tag(dataset)}.run.parquet")
     docs = pd.read_parquet(folder / f"{tag(dataset)}.docs.parquet")
-    return run.merge(docs, on="docno", how="left", validate="many_to_one")
+    frame = run.merge(docs, on="docno", how="left", validate="many_to_one")
+    if score_in_text:
+        frame["text"] = passages_with_scores(frame["text"].tolist(), frame["score"].tolist())
+    return frame
 
 
 # -- step 2: scores -------------------------------------------------------------------------------------
@@ -126,7 +132,7 @@ def score_system(name: str, spec: dict, frames: dict[str, pd.DataFrame], args) -
                 scores[f"score_{single_shape(depth, ratio, args.compress_at)}"] = column
         out[dataset] = (scores, timing)
     # every shape is timed on the same pairs: those of --timing-dataset (default: the first scored)
-    first = (read_candidates(args.timing_dataset, args.candidates) if args.timing_dataset
+    first = (read_candidates(args.timing_dataset, args.candidates, args.score_in_text) if args.timing_dataset
              else next(iter(frames.values())))
     sample = list(zip(first["query"], first["text"]))[:args.timing_pairs]
     scorer.compute_score(sample[:args.batch_size], shape=Shape(args.exits[-1]))  # warm-up
@@ -154,7 +160,10 @@ def score_teacher(frames: dict[str, pd.DataFrame], threads: int | None) -> dict[
 
 
 def write_scores(args) -> None:
-    frames = {d: read_candidates(d, args.candidates) for d in args.datasets}
+    if args.score_in_text and "teacher" in args.systems:
+        raise SystemExit("--score-in-text is for models trained with BM25's score in their input; score the "
+                         "teacher in a run without it")
+    frames = {d: read_candidates(d, args.candidates, args.score_in_text) for d in args.datasets}
     specs = system_specs(args.shipped, args.naive)
     for name in args.systems:
         if all((args.scores / f"{tag(d)}__{name}.parquet").exists() for d in frames):
@@ -361,6 +370,9 @@ def main() -> None:
     parser.add_argument("--no-fused", action="store_true", help="report: leave out the '+ BM25' rows")
     parser.add_argument("--max-length", type=int, default=DEFAULT_MAX_LENGTH,
                         help="passage token budget (default: the demo's, as trained)")
+    parser.add_argument("--score-in-text", action="store_true",
+                        help="score: BM25's score written before each passage, for a model trained with "
+                             "`train bm25_target --score_in_text` (not for the teacher)")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--candidates", type=Path, default=ROOT / "runs" / "eval" / "candidates")

@@ -37,6 +37,9 @@ def _model_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-length", type=int, default=None, help="passage token budget (default 512; "
                                                                      "128 for the demo model)")
     parser.add_argument("--reference-compat", action="store_true", help="replay the reference's bugs B1 and B2")
+    parser.add_argument("--score-in-text", action="store_true",
+                        help="write the first stage's score before each passage, for a model trained so "
+                             "(train bm25_target --score_in_text)")
     parser.add_argument("--fuse", nargs="?", type=_weight_or_demo, const="demo", default=None, metavar="WEIGHT",
                         help="interpolate with the first stage's scores, WEIGHT its share in [0, 1] (z-scores per "
                              "query); without a value (or 'demo'): the demo model's weight, chosen on its "
@@ -134,7 +137,8 @@ def cmd_rerank(args) -> None:
     from .trec import write_trec_run
 
     weight = _fusion_weight(args)
-    reranker = MatroyshkaReRanker(scorer=_scorer(args), shape=args.shape, verbose=args.verbose)
+    reranker = MatroyshkaReRanker(scorer=_scorer(args), shape=args.shape, verbose=args.verbose,
+                                  score_in_text=args.score_in_text)
     name = f"matroyshka-{reranker.shape}"
     if weight is not None:
         from .fusion import FirstStageFusion
@@ -164,7 +168,7 @@ def cmd_experiment(args) -> None:
     from .reranker import MatroyshkaReRanker
 
     weight = _fusion_weight(args)
-    reranker = MatroyshkaReRanker(scorer=_scorer(args), verbose=args.verbose)
+    reranker = MatroyshkaReRanker(scorer=_scorer(args), verbose=args.verbose, score_in_text=args.score_in_text)
     shapes = args.shapes or default_shapes(reranker.scorer.exits)
     extra = {}
     if args.teacher:

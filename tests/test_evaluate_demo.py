@@ -103,3 +103,14 @@ def test_significance_against_the_same_system_scored_elsewhere(bench, tmp_path, 
     ndcg_second = 1 / 1.5849625007211562  # log2(3): the relevant document at rank 2
     assert f"the same shape of stage1 in {tmp_path / 'old'}" in out
     assert f"| stage1 | L30 | {(1 - ndcg_second) / 2:+.4f} |" in out
+
+
+def test_candidates_can_carry_each_pairs_bm25_score_in_the_passage(bench, tmp_path):
+    run = pd.DataFrame({"qid": ["1", "1", "2"], "query": ["q"] * 3, "docno": ["a", "b", "a"],
+                        "rank": [0, 1, 0], "score": [12.34, 5.0, 7.96]})
+    run.to_parquet(tmp_path / "vaswani.run.parquet")
+    pd.DataFrame({"docno": ["a", "b"], "text": ["alpha", "beta"]}).to_parquet(tmp_path / "vaswani.docs.parquet")
+    assert bench.read_candidates("vaswani", tmp_path)["text"].tolist() == ["alpha", "beta", "alpha"]
+    with_scores = bench.read_candidates("vaswani", tmp_path, score_in_text=True)
+    assert with_scores["text"].tolist() == ["[BM25 12.3] alpha", "[BM25 5.0] beta", "[BM25 8.0] alpha"]
+    assert with_scores[["qid", "docno"]].equals(run[["qid", "docno"]])  # the user's rows, in their order

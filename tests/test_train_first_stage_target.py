@@ -59,6 +59,24 @@ def test_groups_get_the_fused_target_and_keep_both_sources(tmp_path):
         assert bm25[len(before["pos"]):].min() > 0  # negatives come from the BM25 ranking: all matched
 
 
+@needs_data
+def test_score_in_text_writes_each_passages_bm25_before_it(tmp_path):
+    groups, summary = mine_groups("cranfield", num_negatives=3, seed=2, max_queries=3)
+    for g in groups:
+        g["pos_scores"], g["neg_scores"] = [1.0] * len(g["pos"]), [0.0] * len(g["neg"])
+    source = write_groups(groups, summary, tmp_path / "teacher.jsonl")
+    add_first_stage_target(source, tmp_path / "plain.jsonl", "cranfield", weight=0.5)
+    counts = add_first_stage_target(source, tmp_path / "sit.jsonl", "cranfield", weight=0.5, score_in_text=True)
+    assert counts["score_in_text"] is True
+    plain = [json.loads(line) for line in (tmp_path / "plain.jsonl").read_text().splitlines()]
+    sit = [json.loads(line) for line in (tmp_path / "sit.jsonl").read_text().splitlines()]
+    for before, after in zip(plain, sit):
+        assert after["pos_scores"] == before["pos_scores"]  # the target does not change, only the input
+        for side in ("pos", "neg"):
+            for text, written, score in zip(before[side], after[side], after[f"bm25_{side}_scores"]):
+                assert written == f"[BM25 {score:.1f}] {text}"
+
+
 def test_refuses_groups_without_teacher_scores_and_bad_weights(tmp_path):
     source = tmp_path / "plain.jsonl"
     source.write_text(json.dumps(dict(qid="1", query="q", pos=["a"], neg=["b"], pos_ids=["d1"], neg_ids=["d2"])) + "\n")

@@ -81,8 +81,10 @@ def _bm25_target(argv: Sequence[str]) -> None:
     p.add_argument("--output", required=True, type=Path)
     p.add_argument("--dataset", required=True, help="the ir_datasets id the groups were mined from")
     p.add_argument("--weight", type=float, default=0.5, help="BM25's share in [0, 1]")
+    p.add_argument("--score_in_text", action="store_true",
+                   help="also write each passage's BM25 score before its text, as the model's input")
     a = p.parse_args(argv)
-    print(add_first_stage_target(a.input, a.output, a.dataset, a.weight))
+    print(add_first_stage_target(a.input, a.output, a.dataset, a.weight, score_in_text=a.score_in_text))
 
 
 def _split(argv: Sequence[str]) -> None:

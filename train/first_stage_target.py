@@ -30,6 +30,7 @@ import numpy as np
 import pandas as pd
 
 from pyterrier_matroyshka.fusion import check_weight, interpolate, zscore_per_query
+from pyterrier_matroyshka.score_in_text import passages_with_scores
 
 from .data import parse_group
 
@@ -63,9 +64,11 @@ def fused_logits(teacher: np.ndarray, bm25: np.ndarray, weight: float) -> np.nda
 
 
 def add_first_stage_target(source: Path, output: Path, dataset: str, weight: float = 0.5,
-                           depth: Optional[int] = None) -> dict:
+                           depth: Optional[int] = None, score_in_text: bool = False) -> dict:
     """Copy the groups of ``source`` (with teacher ``pos_scores``/``neg_scores`` and corpus ``pos_ids``/
-    ``neg_ids``) to ``output`` with the fused target in ``pos_scores``/``neg_scores``; returns counts."""
+    ``neg_ids``) to ``output`` with the fused target in ``pos_scores``/``neg_scores``; returns counts.
+    ``score_in_text`` also writes each passage's BM25 score before its text
+    (:mod:`pyterrier_matroyshka.score_in_text`), for a model that reads it as an input."""
     check_weight(weight)  # before the retrieval: 0 keeps the teacher, 1 is BM25 alone
     records = []
     for n, line in enumerate(Path(source).read_text(encoding="utf-8").splitlines(), 1):
@@ -95,7 +98,11 @@ def add_first_stage_target(source: Path, output: Path, dataset: str, weight: flo
             record.update(teacher_pos_scores=record["pos_scores"], teacher_neg_scores=record["neg_scores"],
                           bm25_pos_scores=bm25[:n_pos].tolist(), bm25_neg_scores=bm25[n_pos:].tolist(),
                           pos_scores=fused[:n_pos], neg_scores=fused[n_pos:])
+            if score_in_text:
+                record.update(pos=passages_with_scores(record["pos"], bm25[:n_pos]),
+                              neg=passages_with_scores(record["neg"], bm25[n_pos:]))
             out.write(json.dumps(record, ensure_ascii=False) + "\n")
-    counts = dict(groups=len(records), passages_without_query_terms=unmatched, weight=weight)
+    counts = dict(groups=len(records), passages_without_query_terms=unmatched, weight=weight,
+                  score_in_text=score_in_text)
     log.info("BM25-fused teacher target -> %s: %s", output, counts)
     return counts
