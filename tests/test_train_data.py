@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from pyterrier_matroyshka.paths import shared_data_dir
-from train.config import load_config, parse_overrides
+from train.config import load_config, parse_overrides, stage_help
 from train.data import GroupBatches, read_groups, require_teacher_scores, sample_group
 from train.shapes import ShapeSampler, candidate_layers
 
@@ -145,6 +145,17 @@ def test_config_overrides_and_errors(tmp_path):
     file.write_text(json.dumps({"group_size": 8, "typo_key": 1}))
     with pytest.raises(ValueError, match="typo_key"):
         load_config("stage1", str(file), ["--train_data", "x"])
+
+
+def test_stage_help_lists_every_setting_with_the_stage_default(capsys):
+    from train.__main__ import main
+
+    main(["stage2", "--help"])
+    text = capsys.readouterr().out
+    assert text == stage_help("stage2") + "\n"
+    assert text.startswith("usage: python -m train stage2")
+    assert "--lr (default 2e-05)" in text and "--ratios (default [1])" in text and "--kd_external (default false)" in text
+    assert "--lr (default 0.0002)" in stage_help("stage1")
 
 
 def test_shipped_configs_load():

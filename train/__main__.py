@@ -139,16 +139,20 @@ def _holdout(argv: Sequence[str]) -> None:
 
 
 def _stage(stage: str, argv: Sequence[str]) -> None:
-    from .config import load_config
-    from .stages import run_stage
+    from .config import load_config, stage_help
 
     argv = list(argv)
+    if "-h" in argv or "--help" in argv:
+        print(stage_help(stage))
+        return
     config_file: Optional[str] = None
     if "--config" in argv:
         i = argv.index("--config")
         config_file = argv[i + 1]
         del argv[i:i + 2]
     config = load_config(stage, config_file, argv)
+    from .stages import run_stage  # torch and transformers: only once the settings are known to be good
+
     print(run_stage(config))
 
 

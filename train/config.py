@@ -140,6 +140,17 @@ def load_config(stage: str, config_file: Optional[str] = None, overrides: Sequen
     return StageConfig(**values).check()
 
 
+def stage_help(stage: str) -> str:
+    """The usage of ``python -m train STAGE``: every setting with its default for that stage (preset applied)."""
+    defaults = StageConfig(stage=stage, **STAGE_PRESETS.get(stage, {}))
+    lines = [f"usage: python -m train {stage} [--config FILE.json] [--key value ...]",
+             "settings (a JSON --config first, then --key value pairs; later wins):"]
+    for f in dataclasses.fields(StageConfig):
+        if f.name != "stage":
+            lines.append(f"  --{f.name} (default {json.dumps(getattr(defaults, f.name))})")
+    return "\n".join(lines)
+
+
 def parse_overrides(args: Sequence[str]) -> dict[str, Any]:
     """``["--lr", "1e-4", "--ratios", "2"]`` -> ``{"lr": 1e-4, "ratios": [2]}``; ``--key=value`` works too."""
     values, args = {}, list(args)
