@@ -88,20 +88,17 @@ class MatroyshkaReRanker(pt.Transformer):
         return pt.model.add_ranks(out)
 
     def _validate(self, inp: pd.DataFrame) -> None:
+        extra = ["query", self.text_field] + (["score"] if self.score_in_text else [])
         try:
-            pt.validate.result_frame(inp, extra_columns=["query", self.text_field, *self._score_column()])
+            pt.validate.result_frame(inp, extra_columns=extra)
         except pt.validate.InputValidationError as err:
-            missing = [c for c in ("qid", "docno", "query", self.text_field, *self._score_column())
-                       if c not in inp.columns]
+            missing = [c for c in ("qid", "docno", *extra) if c not in inp.columns]
             hint = {"query": "keep the topics' query column (e.g. pipe the retriever's output unchanged)",
                     self.text_field: f"add pt.text.get_text(dataset, '{self.text_field}') before the re-ranker",
                     "score": "score_in_text reads the first stage's score: pipe the retriever's output unchanged"}
             fixes = "; ".join(hint.get(c, f"add a {c!r} column") for c in missing)
             raise pt.validate.InputValidationError(f"MatroyshkaReRanker input lacks column(s) {missing}: {fixes}.",
                                                    err.modes) from err
-
-    def _score_column(self) -> list[str]:
-        return ["score"] if self.score_in_text else []
 
     def _check_text(self, inp: pd.DataFrame) -> None:
         for column in ("query", self.text_field):
