@@ -82,11 +82,15 @@ def write_candidates(dataset: str, top_k: int, queries: int | None, folder: Path
 
 
 def read_candidates(dataset: str, folder: Path, score_in_text: bool = False) -> pd.DataFrame:
-    """The candidates with their texts; ``score_in_text`` writes each pair's BM25 score before its passage
-    (for a model trained so, :mod:`pyterrier_matroyshka.score_in_text`)."""
+    """The candidates with their texts (the run file's own ``text`` column where it has one: per-pair
+    passages); ``score_in_text`` writes each pair's BM25 score before its passage (for a model trained so,
+    :mod:`pyterrier_matroyshka.score_in_text`)."""
     run = pd.read_parquet(folder / f"{tag(dataset)}.run.parquet")
-    docs = pd.read_parquet(folder / f"{tag(dataset)}.docs.parquet")
-    frame = run.merge(docs, on="docno", how="left", validate="many_to_one")
+    if "text" in run.columns:  # per-pair passages (query-dependent: bench/select_sentences.py)
+        frame = run
+    else:
+        docs = pd.read_parquet(folder / f"{tag(dataset)}.docs.parquet")
+        frame = run.merge(docs, on="docno", how="left", validate="many_to_one")
     if score_in_text:
         frame["text"] = passages_with_scores(frame["text"].tolist(), frame["score"].tolist())
     return frame

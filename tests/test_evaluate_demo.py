@@ -114,3 +114,11 @@ def test_candidates_can_carry_each_pairs_bm25_score_in_the_passage(bench, tmp_pa
     with_scores = bench.read_candidates("vaswani", tmp_path, score_in_text=True)
     assert with_scores["text"].tolist() == ["[BM25 12.3] alpha", "[BM25 5.0] beta", "[BM25 8.0] alpha"]
     assert with_scores[["qid", "docno"]].equals(run[["qid", "docno"]])  # the user's rows, in their order
+
+
+def test_a_run_file_with_its_own_texts_gives_each_pair_its_passage(bench, tmp_path):
+    run = pd.DataFrame({"qid": ["1", "2"], "query": ["q1", "q2"], "docno": ["a", "a"], "rank": [0, 0],
+                        "score": [2.0, 1.0], "text": ["alpha for q1", "alpha for q2"]})
+    run.to_parquet(tmp_path / "vaswani.run.parquet")
+    pd.DataFrame({"docno": ["a"], "text": ["alpha"]}).to_parquet(tmp_path / "vaswani.docs.parquet")
+    assert bench.read_candidates("vaswani", tmp_path)["text"].tolist() == ["alpha for q1", "alpha for q2"]
