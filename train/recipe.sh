@@ -13,10 +13,12 @@
 # Two single-threaded chains run side by side (one thread per process is fastest on a shared 2-core
 # machine). Every finished stage leaves matroyshka_adapter.json and is skipped on a rerun; an interrupted
 # stage resumes from its last checkpoint. Settings: RUNS, DATA, OTHER_POSITIVES, BY_POSITIVES, TITLE_QUERIES,
-# KD_WEIGHT, KD_WEIGHT3, LR, LR2, LR3, COMP_STEPS, COMP_LR, WIDTH_STEPS, WIDTH_LR, EXTRA (more --key value settings
+# KD_WEIGHT, KD_WEIGHT3, LR, LR2, LR3, STAGE1_EPOCHS, LAST_EPOCH_STEPS, STAGE1_THREADS, NAIVE, COMP_STEPS, COMP_LR,
+# WIDTH_STEPS, WIDTH_LR, EXTRA (more --key value settings
 # for every stage, e.g. "--max_steps 1" for a dry run), and OUT, where the last step (train/ship.sh) writes: by
 # default the repository's demo model, which it replaces, so give an experiment its own (OUT=$RUNS/ship).
-# On a 2-core CPU each stage-1 epoch takes 40-50 minutes; train/recipe_gpu.sh is the GPU version.
+# On a 2-core CPU each stage-1 epoch takes 40-50 minutes; train/recipe_100min.sh sets these for the 100-minute
+# version, train/recipe_gpu.sh is the GPU version.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
@@ -35,8 +37,12 @@ LR=${LR:-1e-3}                  # stage 1 and the naive baseline; the reference'
                                 # 7B steps) left CE at chance after 30 of our 91 steps
 LR2=${LR2:-5e-4}                # the second epoch's peak (a warm restart at half the first's)
 LR3=${LR3:-3e-4}                # the third epoch's peak
-KD_WEIGHT3=${KD_WEIGHT3:-0.2}   # the third epoch's external-KD weight: 0.2 beat 1.0 on the holdout at every
+KD_WEIGHT3=${KD_WEIGHT3:-0.2}   # the last epoch's external-KD weight: 0.2 beat 1.0 on the holdout at every
                                 # shape (the MS MARCO teacher is only at BM25's level on SciFact)
+STAGE1_EPOCHS=${STAGE1_EPOCHS:-3}       # 2: the second epoch is the last (lr LR2, KD KD_WEIGHT3)
+LAST_EPOCH_STEPS=${LAST_EPOCH_STEPS:-}  # optimizer steps of the last stage-1 epoch (default: a whole epoch)
+STAGE1_THREADS=${STAGE1_THREADS:-1}     # 2 when nothing runs beside stage 1 (NAIVE=0): 1.5x faster on 2 cores
+NAIVE=${NAIVE:-1}                       # 0: skip the naive-early-exit baseline (an ablation, not the model)
 COMP_STEPS=${COMP_STEPS:-100}   # optimizer steps (x 8 queries) of the vertical compensation adapter
 COMP_LR=${COMP_LR:-5e-4}        # 25 steps at 2e-4 barely moved it; 100 at 5e-4 gained 0.014-0.029 nDCG@10 at
                                 # every exit on the holdout, +0.022 at L30 (1e-3: more at L6-L20, less at L30)
@@ -70,11 +76,17 @@ if [ "$TITLE_QUERIES" != 0 ] && [ ! -s "$DATA/titles$TITLE_QUERIES.teacher.jsonl
 fi
 
 chain_matroyshka() {
-  stage "$RUNS/stage1_epoch1" stage1 --kd_external_weight "$KD_WEIGHT" --lr "$LR"
-  stage "$RUNS/stage1_epoch2" stage1 --init_adapter "$RUNS/stage1_epoch1" --kd_external_weight "$KD_WEIGHT" \
-      --lr "$LR2" --seed 43
-  stage "$RUNS/stage1" stage1 --init_adapter "$RUNS/stage1_epoch2" --kd_external_weight "$KD_WEIGHT3" --lr "$LR3" \
-      --seed 44
+  local threads=(--num_threads "$STAGE1_THREADS") last=(${LAST_EPOCH_STEPS:+--max_steps "$LAST_EPOCH_STEPS"})
+  stage "$RUNS/stage1_epoch1" stage1 --kd_external_weight "$KD_WEIGHT" --lr "$LR" "${threads[@]}"
+  if [ "$STAGE1_EPOCHS" = 2 ]; then
+    stage "$RUNS/stage1" stage1 --init_adapter "$RUNS/stage1_epoch1" --kd_external_weight "$KD_WEIGHT3" \
+        --lr "$LR2" --seed 43 "${threads[@]}" ${last[@]+"${last[@]}"}
+  else
+    stage "$RUNS/stage1_epoch2" stage1 --init_adapter "$RUNS/stage1_epoch1" --kd_external_weight "$KD_WEIGHT" \
+        --lr "$LR2" --seed 43 "${threads[@]}"
+    stage "$RUNS/stage1" stage1 --init_adapter "$RUNS/stage1_epoch2" --kd_external_weight "$KD_WEIGHT3" --lr "$LR3" \
+        --seed 44 "${threads[@]}" ${last[@]+"${last[@]}"}
+  fi
   # the compensation adapters learn on top of what ships: stage 1 truncated to rank 8
   if [ ! -d "$RUNS/stage1_rank8" ]; then  # written aside, then moved: the other chain waits for the folder
     "$PY" -m train export --adapter "$RUNS/stage1" --output "$RUNS/stage1_rank8.tmp" --rank 8
@@ -84,11 +96,13 @@ chain_matroyshka() {
 }
 chain_ablation() {
   local last
-  last=$(num_layers "HuggingFaceTB/SmolLM2-135M-Instruct")
-  stage "$RUNS/naive_epoch1" stage2 --merge_adapters "[]" --train_exits "$last" --lr "$LR"
-  stage "$RUNS/naive_last_exit" stage2 --merge_adapters "[]" --train_exits "$last" --lr "$LR2" --seed 43 \
-      --init_adapter "$RUNS/naive_epoch1"
-  while [ ! -d "$RUNS/stage1_rank8" ]; do sleep 30; done
+  if [ "$NAIVE" = 1 ]; then
+    last=$(num_layers "HuggingFaceTB/SmolLM2-135M-Instruct")
+    stage "$RUNS/naive_epoch1" stage2 --merge_adapters "[]" --train_exits "$last" --lr "$LR"
+    stage "$RUNS/naive_last_exit" stage2 --merge_adapters "[]" --train_exits "$last" --lr "$LR2" --seed 43 \
+        --init_adapter "$RUNS/naive_epoch1"
+  fi
+  while [ ! -d "$RUNS/stage1_rank8" ]; do sleep "${POLL_SECONDS:-30}"; done
   stage "$RUNS/stage3_r2" stage3 --ratios 2 "${WIDTH[@]}"
   stage "$RUNS/stage3_r4" stage3 --ratios 4 "${WIDTH[@]}"
 }
