@@ -31,6 +31,12 @@ done
 
 def run_recipe(tmp_path: Path, script: str, **env: str) -> list[list[str]]:
     """Run a recipe with the stand-in interpreter; the recorded calls, each as its argument list."""
+    log = start_recipe(tmp_path, script, check=True, **env)
+    return [shlex.split(line) for line in log.read_text().splitlines()]
+
+
+def start_recipe(tmp_path: Path, script: str, check: bool, **env: str) -> Path:
+    """Run a recipe with the stand-in interpreter; the file its calls were recorded in."""
     fake = tmp_path / "python"
     fake.write_text(FAKE_PYTHON)
     fake.chmod(0o755)
@@ -38,9 +44,12 @@ def run_recipe(tmp_path: Path, script: str, **env: str) -> list[list[str]]:
     settings = dict(os.environ, PY=str(fake), FAKE_LOG=str(log), RUNS=str(tmp_path / "runs"),
                     DATA=str(tmp_path / "data"), OUT=str(tmp_path / "ship"), POLL_SECONDS="0.1")
     settings.update(env)
-    subprocess.run(["bash", f"train/{script}"], cwd=ROOT, env=settings, check=True, capture_output=True,
-                   timeout=120)
-    return [shlex.split(line) for line in log.read_text().splitlines()]
+    done = subprocess.run(["bash", f"train/{script}"], cwd=ROOT, env=settings, capture_output=True, text=True,
+                          timeout=120)
+    if check:
+        assert done.returncode == 0, done.stderr
+    log.with_suffix(".stderr").write_text(done.stderr)
+    return log
 
 
 def value(call: list[str], flag: str) -> str | None:
@@ -96,3 +105,10 @@ def test_a_rerun_skips_finished_stages(tmp_path, finished):
     (tmp_path / "fast" / finished / "matroyshka_adapter.json").write_text("{}")
     runs = stages(run_recipe(tmp_path, "recipe_100min.sh", RUNS=str(tmp_path / "fast")))
     assert finished not in runs and "stage2_vertical" in runs
+
+
+@pytest.mark.parametrize("setting", [{"STAGE1_EPOCHS": "4"}, {"STAGE1_EPOCHS": "1"}, {"NAIVE": "yes"}])
+def test_an_unsupported_setting_is_refused_before_anything_runs(tmp_path, setting):
+    log = start_recipe(tmp_path, "recipe.sh", check=False, **setting)
+    assert not log.exists()  # not even the groups were built
+    assert "STAGE1_EPOCHS must be 2 or 3 and NAIVE 0 or 1" in log.with_suffix(".stderr").read_text()

@@ -14,9 +14,10 @@
 # machine). Every finished stage leaves matroyshka_adapter.json and is skipped on a rerun; an interrupted
 # stage resumes from its last checkpoint. Settings: RUNS, DATA, OTHER_POSITIVES, BY_POSITIVES, TITLE_QUERIES,
 # KD_WEIGHT, KD_WEIGHT3, LR, LR2, LR3, STAGE1_EPOCHS, LAST_EPOCH_STEPS, STAGE1_THREADS, NAIVE, COMP_STEPS, COMP_LR,
-# WIDTH_STEPS, WIDTH_LR, EXTRA (more --key value settings
-# for every stage, e.g. "--max_steps 1" for a dry run), and OUT, where the last step (train/ship.sh) writes: by
-# default the repository's demo model, which it replaces, so give an experiment its own (OUT=$RUNS/ship).
+# WIDTH_STEPS, WIDTH_LR, EXTRA (more --key value settings for every stage, e.g. "--max_steps 1" for a dry run),
+# POLL_SECONDS (how often the second chain looks for stage 1's export), and OUT, where the last step
+# (train/ship.sh) writes: by default the repository's demo model, which it replaces, so give an experiment its
+# own (OUT=$RUNS/ship).
 # On a 2-core CPU each stage-1 epoch takes 40-50 minutes; train/recipe_100min.sh sets these for the 100-minute
 # version, train/recipe_gpu.sh is the GPU version.
 set -euo pipefail
@@ -43,6 +44,10 @@ STAGE1_EPOCHS=${STAGE1_EPOCHS:-3}       # 2: the second epoch is the last (lr LR
 LAST_EPOCH_STEPS=${LAST_EPOCH_STEPS:-}  # optimizer steps of the last stage-1 epoch (default: a whole epoch)
 STAGE1_THREADS=${STAGE1_THREADS:-1}     # 2 when nothing runs beside stage 1 (NAIVE=0): 1.5x faster on 2 cores
 NAIVE=${NAIVE:-1}                       # 0: skip the naive-early-exit baseline (an ablation, not the model)
+case "$STAGE1_EPOCHS:$NAIVE" in
+  [23]:[01]) ;;
+  *) echo "recipe.sh: STAGE1_EPOCHS must be 2 or 3 and NAIVE 0 or 1 (got $STAGE1_EPOCHS and $NAIVE)" >&2; exit 2 ;;
+esac
 COMP_STEPS=${COMP_STEPS:-100}   # optimizer steps (x 8 queries) of the vertical compensation adapter
 COMP_LR=${COMP_LR:-5e-4}        # 25 steps at 2e-4 barely moved it; 100 at 5e-4 gained 0.014-0.029 nDCG@10 at
                                 # every exit on the holdout, +0.022 at L30 (1e-3: more at L6-L20, less at L30)
