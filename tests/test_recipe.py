@@ -69,6 +69,8 @@ def test_full_recipe_runs_three_epochs_compensation_and_the_naive_baseline(tmp_p
     assert set(runs) == {"stage1_epoch1", "stage1_epoch2", "stage1", "stage2_vertical", "stage3_r2", "stage3_r4",
                          "naive_epoch1", "naive_last_exit"}
     assert value(runs["stage1"], "--init_adapter").endswith("stage1_epoch2")
+    assert [value(runs[s], "--lr") for s in ("stage1_epoch1", "stage1_epoch2", "stage1")] == ["1e-3", "5e-4", "3e-4"]
+    assert [value(runs[s], "--seed") for s in ("stage1_epoch2", "stage1")] == ["43", "44"]
     assert [value(runs[s], "--kd_external_weight") for s in ("stage1_epoch1", "stage1_epoch2", "stage1")] == \
         ["1.0", "1.0", "0.2"]
     assert value(runs["stage1"], "--max_steps") is None  # whole epochs
@@ -86,6 +88,7 @@ def test_100_minute_recipe_trains_two_stage1_epochs_on_both_cores_and_short_comp
     assert value(runs["stage1"], "--init_adapter").endswith("stage1_epoch1")
     assert value(runs["stage1"], "--kd_external_weight") == "0.2"
     assert value(runs["stage1"], "--lr") == "5e-4"
+    assert value(runs["stage1"], "--seed") == "43"
     assert value(runs["stage1"], "--max_steps") == "60"
     assert value(runs["stage1_epoch1"], "--max_steps") is None
     assert {value(runs[s], "--num_threads") for s in ("stage1_epoch1", "stage1")} == {"2"}

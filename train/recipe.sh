@@ -81,17 +81,16 @@ if [ "$TITLE_QUERIES" != 0 ] && [ ! -s "$DATA/titles$TITLE_QUERIES.teacher.jsonl
 fi
 
 chain_matroyshka() {
-  local threads=(--num_threads "$STAGE1_THREADS") last=(${LAST_EPOCH_STEPS:+--max_steps "$LAST_EPOCH_STEPS"})
+  local threads=(--num_threads "$STAGE1_THREADS") steps=(${LAST_EPOCH_STEPS:+--max_steps "$LAST_EPOCH_STEPS"})
+  local previous="$RUNS/stage1_epoch1" lr=$LR2 seed=43  # the last epoch's start, peak lr and seed
   stage "$RUNS/stage1_epoch1" stage1 --kd_external_weight "$KD_WEIGHT" --lr "$LR" "${threads[@]}"
-  if [ "$STAGE1_EPOCHS" = 2 ]; then
-    stage "$RUNS/stage1" stage1 --init_adapter "$RUNS/stage1_epoch1" --kd_external_weight "$KD_WEIGHT3" \
-        --lr "$LR2" --seed 43 "${threads[@]}" ${last[@]+"${last[@]}"}
-  else
-    stage "$RUNS/stage1_epoch2" stage1 --init_adapter "$RUNS/stage1_epoch1" --kd_external_weight "$KD_WEIGHT" \
+  if [ "$STAGE1_EPOCHS" = 3 ]; then  # a middle epoch at LR2; the last then restarts at LR3
+    stage "$RUNS/stage1_epoch2" stage1 --init_adapter "$previous" --kd_external_weight "$KD_WEIGHT" \
         --lr "$LR2" --seed 43 "${threads[@]}"
-    stage "$RUNS/stage1" stage1 --init_adapter "$RUNS/stage1_epoch2" --kd_external_weight "$KD_WEIGHT3" --lr "$LR3" \
-        --seed 44 "${threads[@]}" ${last[@]+"${last[@]}"}
+    previous="$RUNS/stage1_epoch2" lr=$LR3 seed=44
   fi
+  stage "$RUNS/stage1" stage1 --init_adapter "$previous" --kd_external_weight "$KD_WEIGHT3" --lr "$lr" \
+      --seed "$seed" "${threads[@]}" ${steps[@]+"${steps[@]}"}
   # the compensation adapters learn on top of what ships: stage 1 truncated to rank 8
   if [ ! -d "$RUNS/stage1_rank8" ]; then  # written aside, then moved: the other chain waits for the folder
     "$PY" -m train export --adapter "$RUNS/stage1" --output "$RUNS/stage1_rank8.tmp" --rank 8
