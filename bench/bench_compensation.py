@@ -23,8 +23,8 @@ SHAPES = ["L30", "L15", "L30:r2@4", "L30:r4@4"]
 
 
 def scifact_pairs(count: int) -> list[tuple[str, str]]:
-    from pyterrier_matroyshka.bm25 import bm25
-    from pyterrier_matroyshka.collections import pt_dataset
+    from pyterrier_matroyshka.offline.bm25 import bm25
+    from pyterrier_matroyshka.offline.collections import pt_dataset
 
     topics = pt_dataset("beir/scifact/test").get_topics().head(-(-count // 10))  # ten candidates a topic
     frame = bm25("beir/scifact/test", num_results=10)(topics)  # with the document text

@@ -28,7 +28,7 @@ CONFIG = dict(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hid
 
 
 def dl19_pairs(count: int) -> list[tuple[str, str]]:
-    from pyterrier_matroyshka.paths import shared_data_dir
+    from pyterrier_matroyshka.offline.paths import shared_data_dir
 
     data = shared_data_dir() / "msmarco-passage-dl19"
     docs = dict(line.rstrip("\n").split("\t", 1) for line in open(data / "docs.tsv"))
@@ -55,7 +55,7 @@ def setup(pairs_n: int, batch_size: int, dtype_name: str):
     from pyterrier_matroyshka import MatroyshkaScorer
     from pyterrier_matroyshka.checkpoint import load_tokenizer
     from pyterrier_matroyshka.model import ExitHead, MatroyshkaModel
-    from pyterrier_matroyshka.paths import shared_golden_dir
+    from pyterrier_matroyshka.offline.paths import shared_golden_dir
 
     dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}[dtype_name]
     tokenizer = load_tokenizer(str(shared_golden_dir() / "tiny-matroyshka"))

@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from evaluate_demo import read_judged, scored_systems, with_bm25  # noqa: E402
 from pyterrier_matroyshka.demo import DEMO_FUSION_WEIGHT  # noqa: E402
-from pyterrier_matroyshka.experiment import evaluate_per_query  # noqa: E402
+from pyterrier_matroyshka.shape_comparison import evaluate_per_query  # noqa: E402
 
 
 def training_positives(path: Path) -> set[str]:

@@ -64,8 +64,8 @@ def write_candidates(dataset: str, top_k: int, queries: int | None, folder: Path
                      only_qids: set[str] | None = None) -> None:
     """BM25 top-``top_k`` of the first ``queries`` topics (all by default; only ``only_qids`` if given),
     texts kept once per document."""
-    from pyterrier_matroyshka.collections import pt_dataset
-    from pyterrier_matroyshka.experiment import first_stage
+    from pyterrier_matroyshka.offline.collections import pt_dataset
+    from pyterrier_matroyshka.shape_comparison import first_stage
 
     frame = first_stage(dataset, top_k)
     frame = frame[frame["rank"] < top_k]
@@ -152,7 +152,7 @@ def score_system(name: str, spec: dict, frames: dict[str, pd.DataFrame], args) -
 
 
 def score_teacher(frames: dict[str, pd.DataFrame], threads: int | None) -> dict[str, tuple[pd.DataFrame, dict]]:
-    from pyterrier_matroyshka.teacher import MiniLMCrossEncoder
+    from pyterrier_matroyshka.offline.minilm import MiniLMCrossEncoder
 
     teacher, out = MiniLMCrossEncoder(num_threads=threads), {}
     for dataset, frame in frames.items():
@@ -230,7 +230,7 @@ def with_bm25(scores: pd.DataFrame, column: str, weight: float) -> pd.DataFrame:
 
 
 def write_metrics(args) -> None:
-    from pyterrier_matroyshka.experiment import evaluate
+    from pyterrier_matroyshka.shape_comparison import evaluate
 
     args.out.mkdir(parents=True, exist_ok=True)
     for dataset in args.datasets:
@@ -256,7 +256,7 @@ def write_metrics(args) -> None:
 def fusion_grid(args) -> None:
     """nDCG@10 of every scored shape interpolated with BM25 at weights 0, 0.1, ..., 1 (0 = the re-ranker
     alone, 1 = BM25): run it on the SciFact-train holdout to choose the weight."""
-    from pyterrier_matroyshka.experiment import evaluate
+    from pyterrier_matroyshka.shape_comparison import evaluate
 
     weights = [round(w / 10, 1) for w in range(11)]
     for dataset in args.datasets:
@@ -279,7 +279,7 @@ def significance(args) -> None:
     from ir_measures import nDCG
     from scipy.stats import ttest_rel
 
-    from pyterrier_matroyshka.experiment import evaluate_per_query
+    from pyterrier_matroyshka.shape_comparison import evaluate_per_query
 
     for dataset in args.datasets:
         run, qrels = read_judged(dataset, args.candidates)

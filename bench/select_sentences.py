@@ -39,7 +39,7 @@ def select_candidates(candidates: Path, out: Path, budget: int) -> None:
     """A copy of the ``candidates`` folder whose run files carry each pair's selected passage."""
     from transformers import AutoTokenizer
 
-    from pyterrier_matroyshka.offline import resolve_pretrained
+    from pyterrier_matroyshka.offline.base_models import resolve_pretrained
     from sentence_selection import SentenceSelector
 
     selector = SentenceSelector(budget, AutoTokenizer.from_pretrained(resolve_pretrained(BASE)),

@@ -40,8 +40,8 @@ SEPARATOR = "%p"  # pt.text.sliding's passage suffix: docno%p0, docno%p1, ...
 def titled_bodies(dataset: str, docnos) -> pd.DataFrame:
     """``docno``, ``title`` (empty where the collection has no title field) and ``body`` (the text field
     alone) of each document, from the collection."""
-    from pyterrier_matroyshka.bm25 import text_loader
-    from pyterrier_matroyshka.collections import ensure_dataset
+    from pyterrier_matroyshka.offline.bm25 import text_loader
+    from pyterrier_matroyshka.offline.collections import ensure_dataset
 
     frame = text_loader(dataset, ("text",), "body")(pd.DataFrame({"qid": "0", "docno": list(docnos)}))
     ds = ensure_dataset(dataset)
@@ -83,7 +83,7 @@ def split_candidates(candidates: Path, out: Path, length: int, stride: int, skip
     the base model's tokens (without window 0 if ``skip_first``: the ordinary scores stand for it)."""
     from transformers import AutoTokenizer
 
-    from pyterrier_matroyshka.offline import resolve_pretrained
+    from pyterrier_matroyshka.offline.base_models import resolve_pretrained
 
     tokenizer = AutoTokenizer.from_pretrained(resolve_pretrained(BASE))
     out.mkdir(parents=True, exist_ok=True)

@@ -78,7 +78,7 @@ def _resolve(name_or_path: str) -> str:
     if os.path.isdir(name_or_path):
         return name_or_path
     try:
-        from .offline import resolve_pretrained
+        from .offline.base_models import resolve_pretrained
     except ImportError:
         return name_or_path
     return resolve_pretrained(name_or_path)

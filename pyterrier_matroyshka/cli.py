@@ -116,7 +116,7 @@ def _fusion_weight(args) -> Optional[float]:
 
 
 def _candidates(args):
-    from .experiment import first_stage
+    from .shape_comparison import first_stage
 
     candidates = first_stage(args.dataset, args.top_k, args.run)
     candidates = candidates[candidates["rank"] < args.top_k]
@@ -127,7 +127,7 @@ def _candidates(args):
 
 
 def cmd_seed(args) -> None:
-    from .collections import seed_local_collections
+    from .offline.collections import seed_local_collections
 
     print(f"ir_datasets home: {seed_local_collections(args.source)}")
 
@@ -150,8 +150,8 @@ def cmd_rerank(args) -> None:
 
 
 def cmd_evaluate(args) -> None:
-    from .collections import pt_dataset
-    from .experiment import evaluate, format_table
+    from .offline.collections import pt_dataset
+    from .shape_comparison import evaluate, format_table
     from .trec import read_trec_run
 
     import pandas as pd
@@ -163,8 +163,8 @@ def cmd_evaluate(args) -> None:
 
 
 def cmd_experiment(args) -> None:
-    from .collections import pt_dataset
-    from .experiment import compare_shapes, format_table
+    from .offline.collections import pt_dataset
+    from .shape_comparison import compare_shapes, format_table
     from .reranker import MatroyshkaReRanker
 
     weight = _fusion_weight(args)
@@ -172,7 +172,7 @@ def cmd_experiment(args) -> None:
     shapes = args.shapes or default_shapes(reranker.scorer.exits)
     extra = {}
     if args.teacher:
-        from .teacher import MiniLMCrossEncoder
+        from .offline.minilm import MiniLMCrossEncoder
 
         extra["MiniLM-L12 teacher"] = MiniLMCrossEncoder()
     candidates = _candidates(args)

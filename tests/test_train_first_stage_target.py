@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pyterrier_matroyshka.paths import shared_data_dir
+from pyterrier_matroyshka.offline.paths import shared_data_dir
 from train.first_stage_target import add_first_stage_target, bm25_scores, fused_logits
 from train.groups import mine_groups, write_groups
 
@@ -29,7 +29,7 @@ def test_fused_logits_weight_ends_and_spread():
 
 @needs_data
 def test_bm25_scores_are_the_retrievers_and_cover_the_corpus():
-    from pyterrier_matroyshka.bm25 import bm25
+    from pyterrier_matroyshka.offline.bm25 import bm25
 
     queries = {"1": "what similarity laws must be obeyed when constructing aeroelastic models"}
     scores = bm25_scores("cranfield", queries)["1"]

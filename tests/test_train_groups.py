@@ -9,7 +9,7 @@ import pandas as pd
 import pyterrier as pt
 import pytest
 
-from pyterrier_matroyshka.paths import shared_data_dir
+from pyterrier_matroyshka.offline.paths import shared_data_dir
 from train.data import read_groups
 from train.groups import (CorpusIds, mine_groups, pick_negatives, pick_other_positives, positive_clusters,
                           relevant_docs, split_holdout, write_groups)
@@ -31,7 +31,7 @@ def cranfield(tmp_path_factory):
 
 @needs_data
 def test_positives_relevant_negatives_not(cranfield):
-    from pyterrier_matroyshka.collections import ensure_dataset
+    from pyterrier_matroyshka.offline.collections import ensure_dataset
 
     judged = relevant_docs(ensure_dataset("cranfield"))
     records = [json.loads(line) for line in cranfield[0].read_text().splitlines()]
@@ -80,7 +80,7 @@ def test_other_positives_exclude_own_and_taken():
 
 @needs_data
 def test_other_positives_extend_the_same_hard_negatives(cranfield):
-    from pyterrier_matroyshka.collections import ensure_dataset
+    from pyterrier_matroyshka.offline.collections import ensure_dataset
 
     plain = [json.loads(line) for line in cranfield[0].read_text().splitlines()]
     groups, summary = mine_groups("cranfield", num_negatives=7, window=(10, 100), seed=3, max_queries=40,
@@ -166,7 +166,7 @@ def test_split_by_positives_keeps_clusters_on_one_side(tmp_path):
 
 @needs_data
 def test_title_groups_are_bodies_for_titles_without_labels(tmp_path):
-    from pyterrier_matroyshka.collections import ensure_dataset
+    from pyterrier_matroyshka.offline.collections import ensure_dataset
     from train.title_groups import MIN_TITLE_WORDS, mine_title_groups
 
     groups, summary = mine_title_groups("cranfield", 12, num_negatives=5, seed=7)

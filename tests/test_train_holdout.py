@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from pyterrier_matroyshka.paths import shared_golden_dir
+from pyterrier_matroyshka.offline.paths import shared_golden_dir
 from pyterrier_matroyshka.scorer import MatroyshkaScorer
 from train.config import load_config
 from train.data import read_groups

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from pyterrier_matroyshka.paths import shared_golden_dir
+from pyterrier_matroyshka.offline.paths import shared_golden_dir
 from pyterrier_matroyshka.shape import Shape
 from train.losses import by_group, cascade_anchors, ce_loss, hard_ce, soft_ce, stage1_loss
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from pyterrier_matroyshka.paths import shared_golden_dir
+from pyterrier_matroyshka.offline.paths import shared_golden_dir
 from pyterrier_matroyshka.scorer import MatroyshkaScorer
 from pyterrier_matroyshka.shape import Shape
 from train.config import load_config

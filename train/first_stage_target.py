@@ -41,8 +41,8 @@ def bm25_scores(dataset: str, queries: dict[str, str], depth: Optional[int] = No
                 batch: int = 64) -> dict[str, dict[str, float]]:
     """``{qid: {docno: BM25 score}}`` for every document of ``dataset``'s corpus that matches the query
     (PISA, the project's BM25 settings); ``depth`` defaults to the corpus size, so nothing is cut off."""
-    from pyterrier_matroyshka.bm25 import bm25
-    from pyterrier_matroyshka.collections import ensure_dataset
+    from pyterrier_matroyshka.offline.bm25 import bm25
+    from pyterrier_matroyshka.offline.collections import ensure_dataset
 
     depth = depth or ensure_dataset(dataset.removeprefix("irds:")).docs_count()
     retriever = bm25(dataset, num_results=depth, with_text=False)

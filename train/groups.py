@@ -44,7 +44,7 @@ class GroupsSummary:
 def load_dataset(dataset: str):
     """The ``ir_datasets`` dataset, seeded from the offline collections when the project knows it."""
     try:
-        from pyterrier_matroyshka.collections import ensure_dataset
+        from pyterrier_matroyshka.offline.collections import ensure_dataset
     except ImportError:  # pragma: no cover - older checkouts
         import ir_datasets
 
@@ -118,7 +118,7 @@ def doc_texts(dataset: str, ds, docnos: Sequence[str], fields: Optional[Sequence
     ``fields`` joined; ``ir_datasets``' docstore fields otherwise."""
     docnos = list(dict.fromkeys(docnos))
     try:
-        from pyterrier_matroyshka.bm25 import text_loader
+        from pyterrier_matroyshka.offline.bm25 import text_loader
     except ImportError:  # pragma: no cover
         text_loader = None
     if text_loader is not None:
@@ -176,7 +176,7 @@ def mine_groups(dataset: str, retriever=None, *, num_negatives: int = 15, window
     if max_queries is not None:
         topics = topics.head(max_queries)
     if retriever is None:
-        from pyterrier_matroyshka.bm25 import bm25
+        from pyterrier_matroyshka.offline.bm25 import bm25
 
         retriever = bm25(dataset, num_results=window[1])
     ranked = ranked_docnos(retriever(topics)) if len(topics) else {}

@@ -14,6 +14,6 @@ stage() {  # stage <output_dir> <stage> [args...]: skipped when finished; on fai
 }
 
 num_layers() {  # num_layers <model>: decoder blocks of a base (hub id, offline source or folder)
-  "$PY" -c "from transformers import AutoConfig; from pyterrier_matroyshka.offline import resolve_pretrained as r; \
+  "$PY" -c "from transformers import AutoConfig; from pyterrier_matroyshka.offline.base_models import resolve_pretrained as r; \
 print(AutoConfig.from_pretrained(r('$1')).num_hidden_layers)"
 }

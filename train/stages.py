@@ -34,7 +34,7 @@ from .checkpoints import latest_checkpoint, load_checkpoint, save_checkpoint
 from .config import StageConfig
 from .data import GroupBatches, collate, read_groups, require_teacher_scores
 from .losses import LossTerms, cascade_anchors, ce_loss, stage1_loss
-from .shapes import ShapeSampler, assert_same_on_all_ranks, candidate_layers
+from .shape_sampling import ShapeSampler, assert_same_on_all_ranks, candidate_layers
 
 log = logging.getLogger(__name__)
 

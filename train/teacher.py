@@ -88,7 +88,7 @@ def make_scorer(name: str, model: Optional[str] = None, adapters: Sequence[str] 
     """A teacher by name: ``minilm`` (the MS MARCO MiniLM-L-12 cross-encoder, ONNX) or ``matroyshka``
     (``model`` + ``adapters`` at ``shape``, default its deepest exit without compression)."""
     if name == "minilm":
-        from pyterrier_matroyshka.teacher import MiniLMCrossEncoder
+        from pyterrier_matroyshka.offline.minilm import MiniLMCrossEncoder
 
         return MiniLMCrossEncoder(batch_size=batch_size)
     if name == "matroyshka":

@@ -54,7 +54,7 @@ def mine_title_groups(dataset: str, num_docs: int, retriever=None, *, num_negati
     chosen = random.Random(f"{seed}:titles").sample(titled, min(num_docs, len(titled)))
     topics = pd.DataFrame({"qid": [f"title:{d}" for d, _ in chosen], "query": [t for _, t in chosen]})
     if retriever is None:
-        from pyterrier_matroyshka.bm25 import bm25
+        from pyterrier_matroyshka.offline.bm25 import bm25
 
         retriever = bm25(dataset, num_results=window[1])
     ranked = ranked_docnos(retriever(topics))

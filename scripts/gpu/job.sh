@@ -15,8 +15,8 @@ with open("/tmp/smollm2.gguf.xz", "wb") as f:
         f.write(open(part, "rb").read())
 with lzma.open("/tmp/smollm2.gguf.xz") as src, open("/tmp/smollm2.gguf", "wb") as dst:
     shutil.copyfileobj(src, dst, 2**24)
-from pyterrier_matroyshka.offline import SMOLLM2_ID, OFFLINE_SOURCES, convert_gguf
-from pyterrier_matroyshka.paths import cache_dir
+from pyterrier_matroyshka.offline.base_models import SMOLLM2_ID, OFFLINE_SOURCES, convert_gguf
+from pyterrier_matroyshka.offline.paths import cache_dir
 convert_gguf("/tmp/smollm2.gguf", cache_dir("models") / OFFLINE_SOURCES[SMOLLM2_ID][1])
 PY
 echo "[job] base ready after $(( $(date +%s) - begin )) s"

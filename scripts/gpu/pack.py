@@ -22,7 +22,7 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from pyterrier_matroyshka.offline import OFFLINE_SOURCES, PROBE_TEXT, SMOLLM2_ID, resolve_pretrained  # noqa: E402
+from pyterrier_matroyshka.offline.base_models import OFFLINE_SOURCES, PROBE_TEXT, SMOLLM2_ID, resolve_pretrained  # noqa: E402
 from pyterrier_matroyshka.prompt import PromptEncoder  # noqa: E402
 
 P1, P2 = ROOT / ".payload1", ROOT / ".payload2"

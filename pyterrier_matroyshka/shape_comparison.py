@@ -23,8 +23,8 @@ DEFAULT_MEASURES = (nDCG @ 10, RR @ 10)
 def first_stage(dataset: str, num_results: int = 100, run: Optional[str] = None) -> pd.DataFrame:
     """Candidates with text for ``dataset``'s topics: a TREC ``run`` file if given, the official
     BM25 run for the DL19 subset, else PISA BM25 top-``num_results``."""
-    from .bm25 import bm25, dl19_bm25_run, text_loader
-    from .collections import DL19_ID, pt_dataset
+    from .offline.bm25 import bm25, dl19_bm25_run, text_loader
+    from .offline.collections import DL19_ID, pt_dataset
 
     topics = pt_dataset(dataset).get_topics()
     if run is not None:

@@ -112,7 +112,7 @@ def seed_local_collections(source: str | Path | None = None, ir_datasets_home: s
                            collections: list[str] | tuple[str, ...] | None = None) -> Path:
     """Make the offline collections usable through ``ir_datasets`` and return the ``ir_datasets`` home.
 
-    Copies the archives of ``source`` (default :func:`~pyterrier_matroyshka.paths.shared_data_dir`) to the
+    Copies the archives of ``source`` (default :func:`~pyterrier_matroyshka.offline.paths.shared_data_dir`) to the
     cache paths ``ir_datasets`` expects inside ``ir_datasets_home`` (default ``cache_dir('ir_datasets')``),
     sets ``IR_DATASETS_HOME`` (re-registering the built-in datasets if ``ir_datasets`` was imported already)
     and registers :data:`DL19_ID`. The files are copied rather than linked: they are small (~7 MB in all),
