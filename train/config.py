@@ -44,6 +44,7 @@ class StageConfig:
     epochs: int = 1
     max_steps: Optional[int] = None  #: optimizer steps; default: the epochs' worth
     lr: float = 2e-4
+    lr_schedule: str = "linear"  #: after warm-up: linear, cosine or constant (transformers' schedules)
     warmup_ratio: float = 0.1
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
@@ -95,6 +96,8 @@ class StageConfig:
             raise ValueError(f"keep_prob must lie in [0, 1], got {self.keep_prob}")
         if self.group_size < 2:
             raise ValueError(f"group_size must be >= 2 (a positive and negatives), got {self.group_size}")
+        if self.lr_schedule not in ("linear", "cosine", "constant"):
+            raise ValueError(f"lr_schedule must be 'linear', 'cosine' or 'constant', got {self.lr_schedule!r}")
         if self.loss_reduction not in ("sum", "mean"):
             raise ValueError(f"loss_reduction must be 'sum' or 'mean', got {self.loss_reduction!r}")
         return self

@@ -6,15 +6,21 @@
 * **stage2**, vertical compensation: a fresh LoRA on the merged stage-1 weights, ratio 1, CE only.
 * **stage3**, horizontal compensation: the same with one fixed ratio (one adapter per ratio).
 
-The same code runs on CPU, one GPU or several (``torchrun`` / ``accelerate launch``: DDP, each rank takes
-its slice of every global micro-batch and all ranks draw the same shape).
+The same code runs on CPU, one GPU or several (``torchrun``: DDP, each rank takes its slice of every global
+micro-batch and all ranks draw the same shape).
+
+Why a loop of our own rather than ``transformers.Trainer`` or ``accelerate``: every micro-step draws a shape
+(exits, compression layers, ratio) that changes the forward pass itself, and all ranks must draw the same one
+(checked with :func:`~train.shape_sampling.assert_same_on_all_ranks`) or DDP's gradient all-reduce would mix
+different graphs; stage 1 also runs a second, uncompressed no-grad pass as the cascade target. Those are a
+few lines here and awkward hooks there. What a library does well is taken from it: the learning-rate schedule
+(transformers, :mod:`train.lr_schedule`), LoRA (peft), DDP (torch).
 """
 from __future__ import annotations
 
 import contextlib
 import json
 import logging
-import math
 import os
 import time
 from dataclasses import dataclass
@@ -33,6 +39,7 @@ from pyterrier_matroyshka.shape import Shape
 from .checkpoints import latest_checkpoint, load_checkpoint, save_checkpoint
 from .config import StageConfig
 from .data import GroupBatches, collate, read_groups, require_teacher_scores
+from .lr_schedule import lr_scheduler
 from .losses import LossTerms, cascade_anchors, ce_loss, stage1_loss
 from .shape_sampling import ShapeSampler, assert_same_on_all_ranks, candidate_layers
 
@@ -116,17 +123,6 @@ def load_initial_adapter(peft_model, folder: str) -> None:
     log.info("LoRA initialised from %s", folder)
 
 
-def _schedule(total: int, warmup_ratio: float):
-    warmup = math.ceil(total * warmup_ratio)
-
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / (warmup + 1)
-        return max(0.0, (total - step) / max(1, total - warmup))
-
-    return factor
-
-
 class Trainer:
     """One stage's training loop; :meth:`run` trains, checkpoints and saves the adapter."""
 
@@ -154,8 +150,7 @@ class Trainer:
         self.model = self._wrap_ddp()
         params = [p for p in self.peft_model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer,
-                                                           _schedule(self.total_steps, config.warmup_ratio))
+        self.scheduler = lr_scheduler(self.optimizer, config.lr_schedule, self.total_steps, config.warmup_ratio)
         self.output = Path(config.output_dir)
         self.step = 0
         self.bugs = frozenset(config.reference_bugs)
