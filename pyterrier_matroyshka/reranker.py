@@ -5,6 +5,7 @@ weights at another shape, so one ``pt.Experiment`` can compare many shapes.
 """
 from __future__ import annotations
 
+import inspect
 from typing import Optional
 
 import numpy as np
@@ -51,6 +52,14 @@ class MatroyshkaReRanker(pt.Transformer):
     def schematic(self) -> dict:
         label = f"Matroyshka {self.shape}"
         return {"label": label if len(label) <= 20 else "Matroyshka", "help_url": None}
+
+    def attributes(self) -> list[pt.inspect.TransformerAttribute]:
+        """What ``pt.inspect.transformer_attributes`` reports, and ``transformer_apply_attributes`` rebuilds
+        from: the loaded ``scorer`` and every per-call setting. The load-time options (``model`` and the
+        scorer's keyword arguments) are not attributes: the scorer holds what they loaded."""
+        parameters = inspect.signature(MatroyshkaReRanker.__init__).parameters.values()
+        return [pt.inspect.TransformerAttribute(p.name, getattr(self, p.name), p.default, p.KEYWORD_ONLY)
+                for p in parameters if p.kind == p.KEYWORD_ONLY]
 
     def with_shape(self, shape: ShapeLike) -> "MatroyshkaReRanker":
         """The same re-ranker (same loaded weights) at another shape."""
