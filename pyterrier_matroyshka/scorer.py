@@ -16,6 +16,7 @@ from tqdm.auto import tqdm
 
 from .checkpoint import (AdapterSpec, adapter_info, adapter_items, load_model, merge_active_adapters, pick_adapters,
                          set_active_adapters, unwrap)
+from .fingerprint import weights_digest
 from .model import MatroyshkaModel, reference_bug_set
 from .prompt import PromptEncoder
 from .shape import Shape, ShapeLike
@@ -128,6 +129,7 @@ class MatroyshkaScorer:
         switchable = compensation if merge_adapters else (adapters if adapters is not None else peft_path)
         self.adapter_infos = {name: adapter_info(path) for name, path in adapter_items(switchable)}
         self._encoders: dict = {}
+        self.weights_digest = weights_digest(self.model)  # now, before any compensation is merged in
 
     @property
     def core(self) -> MatroyshkaModel:
@@ -158,6 +160,19 @@ class MatroyshkaScorer:
         if key not in self._encoders:
             self._encoders[key] = PromptEncoder.for_inference(self.tokenizer, key[2], key[0], key[1])
         return self._encoders[key]
+
+    def fingerprint(self, shape: Optional[ShapeLike] = None) -> dict:
+        """Everything that decides this scorer's scores at ``shape`` (default: its own): the weights (a
+        digest, see :func:`~pyterrier_matroyshka.fingerprint.weights_digest`), dtype, the adapters a call
+        switches on, the shape, token budgets, prompt, reference bugs and normalization; not the model's name
+        (one folder reached by two paths is one model). Equal fingerprints give equal scores for equal
+        (query, passage) pairs; caches key on it."""
+        shape = (Shape.coerce(shape) if shape is not None else self.shape).validate(self.exits)
+        encoder = self.encoder()
+        return {"weights": self.weights_digest, "dtype": str(self.dtype).removeprefix("torch."),
+                "adapters": self.adapters_for(shape), "shape": str(shape), "max_length": self.max_length,
+                "query_max_length": self.query_max_length, "prompt": encoder.default_prompt,
+                "reference_bugs": sorted(self.reference_bugs), "normalize": bool(self.normalize)}
 
     def mean_lengths(self, pairs: Sequence[Pair]) -> tuple[int, int, int]:
         """Mean query, passage and prompt token counts of ``pairs`` as this scorer encodes them (the
