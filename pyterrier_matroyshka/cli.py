@@ -1,13 +1,15 @@
 """Command line: ``python -m pyterrier_matroyshka {seed,rerank,evaluate,experiment} ...``.
 
     seed        make the offline collections (../shared/data layout) usable through ir_datasets
-    rerank      re-rank a TREC run (or BM25 candidates) for a dataset and write a TREC run
-    evaluate    nDCG@10 / RR@10 (or --measures) of TREC runs against a dataset's qrels
+    rerank      re-rank a TREC run (or BM25 candidates) for a dataset, or BM25 on a Lucene index (Pyserini)
+                for a topics file or Pyserini topic name, and write a TREC run
+    evaluate    nDCG@10 / RR@10 (or --measures) of TREC runs against a dataset's or a file's qrels
     experiment  BM25 top-k re-ranked at several shapes: a table of effectiveness, cost and time
 """
 from __future__ import annotations
 
 import argparse
+import copy
 import logging
 import sys
 import warnings
@@ -46,9 +48,15 @@ def _model_args(parser: argparse.ArgumentParser) -> None:
                              "SciFact-train holdout")
 
 
-def _candidate_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--dataset", required=True, help="ir_datasets id, e.g. cranfield, beir/scifact/test, "
-                                                         "local/msmarco-passage-dl19")
+def _candidate_args(parser: argparse.ArgumentParser, pyserini: bool = False) -> None:
+    parser.add_argument("--dataset", required=not pyserini,
+                        help="ir_datasets id, e.g. cranfield, beir/scifact/test, local/msmarco-passage-dl19"
+                             + (" (or --index and --topics)" if pyserini else ""))
+    if pyserini:
+        parser.add_argument("--index", default=None, help="a Lucene index (Pyserini): BM25 candidates, their text "
+                                                          "from the index's stored raw records (--storeRaw)")
+        parser.add_argument("--topics", default=None, help="with --index: a topics file (TREC, or qid<TAB>query "
+                                                           "per line) or a Pyserini topic name")
     parser.add_argument("--run", default=None, help="TREC run of candidates (default: PISA BM25)")
     parser.add_argument("--top-k", type=int, default=100, help="candidates per query")
     parser.add_argument("--queries", type=int, default=None, help="only the first N queries (quick runs)")
@@ -64,15 +72,18 @@ def build_parser() -> argparse.ArgumentParser:
     seed.add_argument("--source", default=None, help="folder in the ../shared/data layout")
 
     rerank = commands.add_parser("rerank", help="re-rank candidates and write a TREC run")
-    _candidate_args(rerank)
+    _candidate_args(rerank, pyserini=True)
     _model_args(rerank)
     rerank.add_argument("--shape", default=None, help="e.g. L30, L20:r2@4 (default: deepest exit)")
     rerank.add_argument("--output", required=True, help="TREC run to write")
 
-    evaluate = commands.add_parser("evaluate", help="evaluate TREC runs")
-    evaluate.add_argument("--dataset", required=True)
+    evaluate = commands.add_parser("evaluate", help="evaluate TREC runs (pt.Experiment: the first run is the "
+                                                    "baseline of Holm-corrected paired t-tests)")
+    evaluate.add_argument("--dataset", default=None, help="ir_datasets id whose qrels to use")
+    evaluate.add_argument("--qrels", default=None, help="or a TREC qrels file or a Pyserini qrels name")
     evaluate.add_argument("runs", nargs="+")
-    evaluate.add_argument("--measures", nargs="*", default=["nDCG@10", "RR@10"])
+    evaluate.add_argument("--measures", nargs="*", default=["nDCG@10", "RR@10"],
+                          help="ir_measures names, e.g. nDCG@10 RR@10 R@100")
 
     experiment = commands.add_parser("experiment", help="compare shapes on a dataset")
     _candidate_args(experiment)
@@ -118,12 +129,35 @@ def _fusion_weight(args) -> Optional[float]:
 def _candidates(args):
     from .shape_comparison import first_stage
 
+    if getattr(args, "index", None):
+        return _lucene_candidates(args)
     candidates = first_stage(args.dataset, args.top_k, args.run)
     candidates = candidates[candidates["rank"] < args.top_k]
     if args.queries:
         keep = list(dict.fromkeys(candidates["qid"]))[: args.queries]
         candidates = candidates[candidates["qid"].isin(keep)]
     return candidates.reset_index(drop=True)
+
+
+def _lucene_candidates(args):
+    """Pyserini's workflow: BM25 on a Lucene index for a topics file or name, texts from the index."""
+    from . import pyserini
+
+    topics = pyserini.read_topics(args.topics)
+    if args.queries:
+        topics = topics.head(args.queries)
+    return pyserini.bm25_candidates(args.index, topics, k=args.top_k)
+
+
+def _check_candidate_source(args) -> None:
+    if getattr(args, "index", None) is None and getattr(args, "topics", None) is None:
+        if args.dataset is None:
+            raise SystemExit("give --dataset (an ir_datasets id), or --index (a Lucene index) and --topics")
+        return
+    if args.index is None or args.topics is None:
+        raise SystemExit("--index and --topics go together: a Lucene index and a topics file or Pyserini topic name")
+    if args.dataset is not None or args.run is not None:
+        raise SystemExit("--index/--topics take the candidates from the index: leave out --dataset and --run")
 
 
 def cmd_seed(args) -> None:
@@ -136,8 +170,9 @@ def cmd_rerank(args) -> None:
     from .reranker import MatroyshkaReRanker
     from .trec import write_trec_run
 
+    _check_candidate_source(args)
     weight = _fusion_weight(args)
-    reranker = MatroyshkaReRanker(scorer=_scorer(args), shape=args.shape, verbose=args.verbose,
+    reranker = MatroyshkaReRanker(scorer=_scorer(args), shape=args.shape, verbose=True,
                                   score_in_text=args.score_in_text)
     name = f"matroyshka-{reranker.shape}"
     if weight is not None:
@@ -150,37 +185,69 @@ def cmd_rerank(args) -> None:
 
 
 def cmd_evaluate(args) -> None:
-    from .offline.collections import pt_dataset
-    from .shape_comparison import evaluate, format_table
+    import pandas as pd
+    import pyterrier as pt
+
+    from .shape_comparison import format_table
     from .trec import read_trec_run
 
-    import pandas as pd
-
     measures = [ir_measures.parse_measure(m) for m in args.measures]
-    qrels = pt_dataset(args.dataset).get_qrels()
-    rows = [{"run": run, **evaluate(read_trec_run(run), qrels, measures)} for run in args.runs]
-    print(format_table(pd.DataFrame(rows)))
+    runs = [read_trec_run(run) for run in args.runs]
+    # the runs' queries (a query missing from one run counts 0 there), not every query of the qrels
+    topics = pd.DataFrame({"qid": list(dict.fromkeys(q for run in runs for q in run["qid"]))})
+    several = len(runs) > 1
+    table = pt.Experiment(runs, topics, _qrels(args), measures, names=args.runs, baseline=0 if several else None,
+                          correction="holm" if several else None)
+    print(format_table(table))
+
+
+def _qrels(args):
+    if (args.dataset is None) == (args.qrels is None):
+        raise SystemExit("give one of --dataset (an ir_datasets id) or --qrels (a qrels file or Pyserini qrels name)")
+    if args.qrels is not None:
+        from .pyserini import read_qrels
+
+        return read_qrels(args.qrels)
+    from .offline.collections import pt_dataset
+
+    return pt_dataset(args.dataset).get_qrels()
 
 
 def cmd_experiment(args) -> None:
     from .offline.collections import pt_dataset
-    from .shape_comparison import compare_shapes, format_table
     from .reranker import MatroyshkaReRanker
+    from .shape_comparison import compare, format_table
+    from .time_estimate import estimate_seconds, plan_text
 
     weight = _fusion_weight(args)
-    reranker = MatroyshkaReRanker(scorer=_scorer(args), verbose=args.verbose, score_in_text=args.score_in_text)
+    reranker = MatroyshkaReRanker(scorer=_scorer(args), verbose=True, score_in_text=args.score_in_text)
     shapes = args.shapes or default_shapes(reranker.scorer.exits)
-    extra = {}
+    systems = {"BM25": None}
     if args.teacher:
         from .offline.minilm import MiniLMCrossEncoder
 
-        extra["MiniLM-L12 teacher"] = MiniLMCrossEncoder()
+        systems["MiniLM-L12 teacher"] = MiniLMCrossEncoder(verbose=True)
+    systems.update({str(shape): reranker.with_shape(shape) for shape in shapes})
     candidates = _candidates(args)
-    table = compare_shapes(reranker, shapes, candidates, pt_dataset(args.dataset).get_qrels(), extra=extra,
-                           fusion_weight=weight)
-    print(f"\n{args.dataset}: {candidates['qid'].nunique()} queries, top {args.top_k} candidates, "
-          f"model {reranker.scorer.name} ({reranker.scorer.dtype}), re-ranking time on {reranker.scorer.device}\n")
+    scorer = reranker.scorer
+    print(f"{args.dataset}: {candidates['qid'].nunique()} queries, top {args.top_k} candidates; model "
+          f"{scorer.name} ({str(scorer.dtype).removeprefix('torch.')} on {scorer.device}). Will run:", flush=True)
+    quiet = {name: _quiet(system) for name, system in systems.items()}
+    print(plan_text(estimate_seconds(quiet, candidates), len(candidates),
+                    fused_name=f"+ BM25 ({weight:g})" if weight is not None else None), flush=True)
+    table = compare(candidates, pt_dataset(args.dataset).get_qrels(), systems, fusion_weight=weight,
+                    report=lambda line: print(line, flush=True))
+    print(f"\nmeasures with Holm-corrected p-values against BM25 (paired t-test); mrt: ms per query of "
+          f"re-ranking on {scorer.device}\n")
     print(format_table(table))
+
+
+def _quiet(system):
+    """A shallow copy of ``system`` without its progress bar (the time estimate's few pairs need none)."""
+    if getattr(system, "verbose", False):
+        system = copy.copy(system)
+        system.verbose = False
+    return system
 
 
 def default_shapes(exits: Sequence[int]) -> list[str]:

@@ -28,7 +28,8 @@ class MatroyshkaReRanker(pt.Transformer):
         model: a folder or hub id (loaded with ``scorer_kwargs``), or pass ``scorer``.
         scorer: an already loaded :class:`MatroyshkaScorer` (shared, never reloaded).
         shape: the shape to score at (default: the scorer's).
-        batch_size, normalize, verbose: as in :meth:`MatroyshkaScorer.compute_score`.
+        batch_size, normalize, verbose: as in :meth:`MatroyshkaScorer.compute_score`; ``verbose`` shows a
+            progress bar with an ETA through ``pt.tqdm`` (so ``pt.set_tqdm`` chooses its kind).
         text_field: the column holding the passage text.
         score_in_text: write the incoming first-stage ``score`` before each passage (``"[BM25 22.0] ..."``),
             for a model trained so (``python -m train bm25_target --score_in_text``); off for every other model.
@@ -87,7 +88,7 @@ class MatroyshkaReRanker(pt.Transformer):
             texts = passages_with_scores(texts, inp["score"].tolist())
         pairs = list(zip(inp["query"].tolist(), texts))
         scores = self.scorer.compute_score(pairs, shape=self.shape, batch_size=self.batch_size,
-                                           normalize=self.normalize, verbose=self.verbose)
+                                           normalize=self.normalize, verbose=self.verbose, progress=pt.tqdm)
         per_exit = np.asarray(scores if columns else [scores], dtype=float)
         out = inp.drop(columns=["score", "rank"], errors="ignore").assign(score=per_exit[-1])
         for column, values in zip(columns, per_exit):

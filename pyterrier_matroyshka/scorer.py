@@ -9,7 +9,7 @@ Usage follows the reference README::
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence, Union
+from typing import Any, Callable, Optional, Sequence, Union
 
 import torch
 from tqdm.auto import tqdm
@@ -197,11 +197,13 @@ class MatroyshkaScorer:
                       batch_size: Optional[int] = None, max_length: Optional[int] = None,
                       query_max_length: Optional[int] = None, normalize: Optional[bool] = None,
                       prompt: Optional[str] = None, adapters: Optional[Sequence[str]] = None,
-                      verbose: Optional[bool] = None) -> Scores:
+                      verbose: Optional[bool] = None, progress: Optional[Callable[..., Any]] = None) -> Scores:
         """Score (query, passage) pairs.
 
         Returns a list of N floats for a one-exit shape, else ``[n_exits][N]`` in ascending depth.
-        Results are in input order; pairs are length-sorted into batches internally.
+        Results are in input order; pairs are length-sorted into batches internally. With ``verbose``, a
+        progress bar counts the pairs with an ETA; ``progress`` is its tqdm-like class (default
+        ``tqdm.auto.tqdm``; the PyTerrier face passes ``pt.tqdm``, so ``pt.set_tqdm`` applies).
         """
         shape = shape_from_reference_kwargs(shape, cutoff_layers, compress_layers, compress_ratio, self.shape)
         shape.validate(self.exits)
@@ -216,9 +218,12 @@ class MatroyshkaScorer:
             size = batch_size or self.batch_size
             batches = [order[i: i + size] for i in range(0, len(order), size)]
             show = self.verbose if verbose is None else verbose
-            for batch in tqdm(batches, desc="matroyshka", disable=not show, unit="batch"):
-                inputs = encoder.collate([encoded[i] for i in batch], self.device)
-                scores[:, batch] = self.model(**inputs, shape=shape, reference_bugs=self.reference_bugs).cpu()
+            with (progress or tqdm)(total=len(pairs), desc=f"matroyshka {shape}", unit="pair", disable=not show,
+                                    smoothing=0.1) as bar:
+                for batch in batches:
+                    inputs = encoder.collate([encoded[i] for i in batch], self.device)
+                    scores[:, batch] = self.model(**inputs, shape=shape, reference_bugs=self.reference_bugs).cpu()
+                    bar.update(len(batch))
         if self.normalize if normalize is None else normalize:
             scores = torch.sigmoid(scores.double())
         result = scores.tolist()
