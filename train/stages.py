@@ -39,8 +39,8 @@ from pyterrier_matroyshka.shape import Shape
 from .checkpoints import latest_checkpoint, load_checkpoint, save_checkpoint
 from .config import StageConfig
 from .data import GroupBatches, collate, read_groups, require_teacher_scores
-from .lr_schedule import lr_scheduler
 from .losses import LossTerms, cascade_anchors, ce_loss, stage1_loss
+from .lr_schedule import lr_scheduler
 from .shape_sampling import ShapeSampler, assert_same_on_all_ranks, candidate_layers
 
 log = logging.getLogger(__name__)
@@ -67,7 +67,7 @@ class Runtime:
 
 
 def setup_runtime(config: StageConfig) -> Runtime:
-    """Join the process group when launched by torchrun/accelerate (``WORLD_SIZE`` > 1); pick device and dtype."""
+    """Join the process group when launched by torchrun (``WORLD_SIZE`` > 1); pick device and dtype."""
     if config.num_threads:
         torch.set_num_threads(config.num_threads)
     world = int(os.environ.get("WORLD_SIZE", "1"))
