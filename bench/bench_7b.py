@@ -19,10 +19,12 @@ Results go to ``bench_7b.json`` and ``bench_7b.md`` in ``--out`` (rewritten afte
 run cut short keeps what it measured). On a GPU (see ``scripts/gpu/bench_7b.sh``)::
 
     python bench/bench_7b.py --pack .bench7b               # here: tokenizer + DL19 pairs to carry along
-    python bench/bench_7b.py --assets .bench7b --out DIR   # there: the measurement, about 3-6 minutes on an H100
+    python bench/bench_7b.py --assets .bench7b --out DIR   # there: the measurement
 
-``--config tiny`` runs the same code with a 32-block Mistral of hidden size 64 (on a CPU in seconds); its
-numbers check the plumbing and are no performance figure.
+By its FLOP count the 7B measurement should take 3 to 6 minutes on an H100 (an estimate: it has not run on
+a GPU yet); ``--time-budget`` (default 480 s) stops the timings in any case. ``--config tiny`` runs the same
+code with a 32-block Mistral of hidden size 64, on a CPU in about a minute; its numbers check the plumbing
+and are no performance figure.
 """
 from __future__ import annotations
 
@@ -342,9 +344,9 @@ class Run:
             rows.append(measure(system, system_runner(system, self.scorer, self.plain), pairs, batch_size,
                                 self.device, self.args.warmup, self.args.iters))
             row = rows[-1]
-            peak = row.get("peak_bytes") and row["peak_bytes"] / 2**30
+            peak = "n/a" if row.get("peak_bytes") is None else f"{row['peak_bytes'] / 2**30:.2f} GiB"
             print(f"[bench_7b] batch {batch_size} {system}: {row['status']}, "
-                  f"{row.get('pairs_per_s', 0):.1f} pairs/s, peak {peak or 0:.2f} GiB", flush=True)
+                  f"{row.get('pairs_per_s', 0):.1f} pairs/s, peak {peak}", flush=True)
         return rows
 
     def flops(self, pairs, systems: Sequence[str]) -> dict:

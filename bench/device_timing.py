@@ -52,4 +52,5 @@ def device_name(device: torch.device) -> str:
         cpuinfo = []
     model = next((line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")),
                  platform.processor() or "unknown model")
-    return f"CPU ({model}, {torch.get_num_threads()} threads)"
+    threads = torch.get_num_threads()
+    return f"CPU ({model}, {threads} thread{'s' if threads != 1 else ''})"
