@@ -32,6 +32,7 @@ import argparse
 import json
 import math
 import random
+import shutil
 import statistics
 import sys
 import time
@@ -151,12 +152,16 @@ def tokenizer_source(assets: Optional[Path]) -> str:
     return str(golden / "tiny-matroyshka")  # the Mistral v1 SentencePiece vocabulary of the 7B models
 
 
-def pack(folder: Path, dl19_count: int = 256) -> None:
-    """Everything the GPU run reads from ../shared, in one folder to carry: tokenizer and DL19 pairs."""
-    from pyterrier_matroyshka.checkpoint import load_tokenizer
+TOKENIZER_FILES = ("tokenizer.model", "tokenizer_config.json", "special_tokens_map.json")
 
-    folder.mkdir(parents=True, exist_ok=True)
-    load_tokenizer(tokenizer_source(None)).save_pretrained(folder / "tokenizer")
+
+def pack(folder: Path, dl19_count: int = 256) -> None:
+    """Everything the GPU run reads from ../shared, in one folder to carry: tokenizer and DL19 pairs. The
+    tokenizer files are copied as they are, so the GPU machine loads them as the checkpoints are loaded."""
+    source = Path(tokenizer_source(None))
+    (folder / "tokenizer").mkdir(parents=True, exist_ok=True)
+    for name in TOKENIZER_FILES:
+        shutil.copyfile(source / name, folder / "tokenizer" / name)
     pairs = dl19_pairs(dl19_count, None)
     if pairs is None:
         raise SystemExit("../shared/data/msmarco-passage-dl19 is missing: cannot pack the DL19 pairs")
@@ -359,7 +364,7 @@ def prepare(args: argparse.Namespace, begin: float) -> Run:
     import transformers
 
     from pyterrier_matroyshka import MatroyshkaScorer
-    from pyterrier_matroyshka.checkpoint import load_tokenizer
+    from pyterrier_matroyshka.tokenizer import load_tokenizer
 
     device = pick_device(args.device)
     dtype = pick_dtype(args.dtype, device)

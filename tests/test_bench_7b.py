@@ -41,10 +41,11 @@ def run(assets, tmp_path_factory):
 
 
 def test_pack_carries_the_mistral_tokenizer_and_dl19_pairs(assets, tiny_checkpoint):
-    from pyterrier_matroyshka.checkpoint import load_tokenizer
+    from pyterrier_matroyshka.tokenizer import load_tokenizer
 
     packed, shared = load_tokenizer(str(assets / "tokenizer")), load_tokenizer(str(tiny_checkpoint))
-    text = ["A: what is a panda?", "B: The giant panda is a bear.\nPredict whether passage B contains an answer."]
+    assert type(packed) is type(shared)
+    text = ["A: what is a panda?", "B: The  giant panda is a bear.\nPredict whether passage B contains an answer."]
     assert packed(text)["input_ids"] == shared(text)["input_ids"]
     pairs = [json.loads(line) for line in (assets / "dl19_pairs.jsonl").read_text().splitlines()]
     assert len(pairs) == 256 and all(len(p) == 2 and p[0] and p[1] for p in pairs)
@@ -98,7 +99,7 @@ def test_report_names_the_kernels_the_compression_and_the_dl19_rows(run):
 def test_self_check_catches_a_wrong_head(bench, tiny_checkpoint, one_thread):
     """The check can fail: a plain forward scored by another exit's head is caught."""
     from pyterrier_matroyshka import MatroyshkaScorer
-    from pyterrier_matroyshka.checkpoint import load_tokenizer
+    from pyterrier_matroyshka.tokenizer import load_tokenizer
 
     model = bench.build_model(bench.TINY, torch.float32, torch.device("cpu"))
     scorer = MatroyshkaScorer(model=model, tokenizer=load_tokenizer(str(tiny_checkpoint)), device="cpu",
