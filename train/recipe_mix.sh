@@ -2,7 +2,7 @@
 # The general-purpose model's recipe: the three Matroyshka stages on the diverse training mix
 # (../shared/data/training-mix: MS MARCO, NQ, SQuAD, ARES, MedQuAD) plus SciFact train.
 #
-#   groups: PER_SOURCE queries of each source, 15 BM25 negatives each (ranks 10-99 over the pool + positives)
+#   groups: PER_SOURCE queries of each source, NUM_NEGATIVES BM25 negatives each (ranks 10-99 over the pool + positives)
 #   -> 1 in HOLDOUT_EVERY held out (choices are made there, never on an evaluation collection)
 #   -> MiniLM teacher logits (resumable) -> stage 1 continued from the SciFact model's stage-1 adapter, domains
 #   taking turns -> holdout report of every checkpoint (the learning curve) -> stage 2 (vertical) and stage 3
@@ -17,6 +17,7 @@ PY=${PY:-.venv/bin/python}
 RUNS=${RUNS:-runs/mix}
 SOURCES=${SOURCES:-msmarco,nq,squad,ares,medquad,scifact}
 PER_SOURCE=${PER_SOURCE:-120}
+NUM_NEGATIVES=${NUM_NEGATIVES:-7}  # one group of 8 per query: the teacher scores only what a step uses
 HOLDOUT_EVERY=${HOLDOUT_EVERY:-6}
 STAGE1_STEPS=${STAGE1_STEPS:-}
 COMP_STEPS=${COMP_STEPS:-40}
@@ -25,7 +26,7 @@ read -r -a EXTRA_ARGS <<< "${EXTRA:-}"
 mkdir -p "$RUNS"
 log() { echo "[mix] $(date +%T) $*"; }
 
-[ -f "$RUNS/groups.jsonl" ] || { log groups; "$PY" -m train groups --sources "$SOURCES" --per_source "$PER_SOURCE" \
+[ -f "$RUNS/groups.jsonl" ] || { log groups; "$PY" -m train groups --sources "$SOURCES" --per_source "$PER_SOURCE" --num_negatives "$NUM_NEGATIVES" \
     --output "$RUNS/groups.jsonl"; }
 [ -f "$RUNS/holdout.jsonl" ] || "$PY" -m train split --input "$RUNS/groups.jsonl" --train "$RUNS/train.jsonl" \
     --holdout "$RUNS/holdout.jsonl" --every "$HOLDOUT_EVERY"
