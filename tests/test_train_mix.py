@@ -98,3 +98,16 @@ def test_domains_take_turns_in_every_epoch():
     assert sorted(epoch) == sorted(g.query for g in groups)  # nothing lost or repeated
     again = GroupBatches(groups, group_size=2, batch_size=2, seed=3, balance_domains=True)
     assert [s.group.query for s in again.batch(1)] == epoch[2:4]  # a pure function of the step: resumable
+
+
+def test_split_interleaves_the_training_sources(tmp_path):
+    from train.groups import split_holdout
+
+    path = tmp_path / "g.jsonl"
+    rows = [{"qid": f"{src}{i}", "query": "q", "pos": [f"{src}{i}"], "neg": ["n"], "src": src}
+            for src in ("a", "b") for i in range(6)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert split_holdout(path, tmp_path / "t.jsonl", tmp_path / "h.jsonl", every=3) == (8, 4)
+    train = [json.loads(line)["qid"] for line in (tmp_path / "t.jsonl").read_text().splitlines()]
+    held = [json.loads(line)["qid"] for line in (tmp_path / "h.jsonl").read_text().splitlines()]
+    assert train == ["a0", "b0", "a1", "b1", "a3", "b3", "a4", "b4"] and held == ["a2", "a5", "b2", "b5"]

@@ -255,7 +255,8 @@ def write_groups(groups: Sequence[dict], summary: GroupsSummary, output: Path) -
 def split_holdout(path: Path, train_out: Path, holdout_out: Path, every: int = 10,
                   by_positives: bool = False) -> tuple[int, int]:
     """Hold out every ``every``-th group of a JSONL file (deterministic, file order) for choices made
-    on training data only; returns (train, holdout) counts.
+    on training data only; returns (train, holdout) counts. The training groups of several sources are written
+    in turns (:func:`interleave_sources`), so any first part of the file is a balanced sample.
 
     ``by_positives`` holds out whole clusters of queries that share a positive passage instead (every
     ``every``-th cluster, in order of first appearance), and drops held-out positives from the training
@@ -276,10 +277,20 @@ def split_holdout(path: Path, train_out: Path, holdout_out: Path, every: int = 1
     if by_positives:
         held_out_positives = {p for r, h in zip(records, held) if h for p in r["pos"]}
         train = without_negatives([r for r, h in zip(records, held) if not h], train, held_out_positives)
+    train = interleave_sources(train)
     for out, part in ((train_out, train), (holdout_out, holdout)):
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         Path(out).write_text("".join(line + "\n" for line in part))
     return len(train), len(holdout)
+
+
+def interleave_sources(lines: Sequence[str]) -> list[str]:
+    """Groups of several sources (their ``src``) in turns, each source's in file order, so that any first n
+    groups hold the sources about equally (a file of one source is unchanged)."""
+    from .data import interleave_domains
+
+    sources = [json.loads(line).get("src", "") for line in lines]
+    return [lines[i] for i in interleave_domains(range(len(lines)), sources)]
 
 
 def without_negatives(records: Sequence[dict], lines: Sequence[str], passages: set[str]) -> list[str]:
