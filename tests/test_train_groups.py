@@ -128,9 +128,33 @@ def test_compute_score_teacher_and_errors(tmp_path):
     assert record["pos_scores"] == [1.0] and record["neg_scores"] == [0.5, 2.0] and record["qid"] == "1"
     path.write_text('{"query": "q", "pos": ["a"], "neg": ["b"]}\nnot json\n')
     with pytest.raises(ValueError, match=r"g\.jsonl:2: malformed JSON"):
-        add_teacher_scores(path, tmp_path / "t.jsonl", Half())
+        add_teacher_scores(path, tmp_path / "t2.jsonl", Half())
+    with pytest.raises(ValueError, match=r"t\.jsonl is not a scored copy of the first groups.*line 1"):
+        add_teacher_scores(path, tmp_path / "t.jsonl", Half())  # another source's scores are never overwritten
     with pytest.raises(TypeError):
         score_function(42)
+
+
+def test_teacher_scores_resume_after_a_stop(tmp_path):
+    class Counting:
+        calls = 0
+
+        def compute_score(self, pairs):
+            Counting.calls += len(pairs)
+            return [float(len(p)) for _, p in pairs]
+
+    path = tmp_path / "g.jsonl"
+    path.write_text("".join(json.dumps({"qid": str(i), "query": f"q{i}", "pos": ["p" * i], "neg": ["n", "nn"]}) + "\n"
+                            for i in range(10)))
+    whole = tmp_path / "whole.jsonl"
+    add_teacher_scores(path, whole, Counting(), chunk=3)
+    stopped = tmp_path / "stopped.jsonl"
+    lines = whole.read_text().splitlines(keepends=True)
+    stopped.write_text("".join(lines[:4]) + lines[4][:17])  # four groups written, the fifth cut mid-line
+    Counting.calls = 0
+    assert add_teacher_scores(path, stopped, Counting(), chunk=3) == 10
+    assert stopped.read_bytes() == whole.read_bytes()
+    assert Counting.calls == 6 * 3  # only the six unfinished groups were scored
 
 
 def _write_groups(path: Path, positives: list[list[str]], negatives: list[str] = ("n",)) -> Path:

@@ -29,7 +29,13 @@ def _groups(argv: Sequence[str]) -> None:
     from .title_groups import mine_title_groups
 
     p = argparse.ArgumentParser(prog="python -m train groups", description="hard-negative groups from ir_datasets")
-    p.add_argument("--dataset", required=True, help="ir_datasets id, e.g. beir/scifact/train or cranfield")
+    p.add_argument("--dataset", default=None,
+                   help="ir_datasets id, e.g. beir/scifact/train or cranfield (default with --sources: the training "
+                        "mix, local/training-mix)")
+    p.add_argument("--sources", default=None,
+                   help="comma-separated training-mix sources (msmarco,nq,squad,ares,medquad,autoq) and/or scifact "
+                        "(SciFact train, mined from beir/scifact/train); each group records its source as 'src'")
+    p.add_argument("--per_source", type=int, default=None, help="at most this many queries of each source")
     p.add_argument("--output", required=True, type=Path)
     p.add_argument("--num_negatives", type=int, default=15)
     p.add_argument("--window", default="10,100", help="rank window [start,stop) of the negatives, from 0")
@@ -44,6 +50,11 @@ def _groups(argv: Sequence[str]) -> None:
                         "bodies as positives (no labels used; train/title_groups.py)")
     a = p.parse_args(argv)
     start, stop = (int(x) for x in a.window.split(","))
+    if a.sources is not None:
+        _mix_groups(a, (start, stop))
+        return
+    if a.dataset is None:
+        p.error("give --dataset or --sources")
     if a.title_queries is not None:
         groups, summary = mine_title_groups(a.dataset, a.title_queries, num_negatives=a.num_negatives,
                                             window=(start, stop), seed=a.seed)
@@ -52,6 +63,31 @@ def _groups(argv: Sequence[str]) -> None:
     groups, summary = mine_groups(a.dataset, num_negatives=a.num_negatives, window=(start, stop), seed=a.seed,
                                   min_relevance=a.min_relevance, max_queries=a.max_queries,
                                   other_positives=a.other_positives)
+    write_groups(groups, summary, a.output)
+
+
+def _mix_groups(a: argparse.Namespace, window: tuple[int, int]) -> None:
+    """Groups of the chosen training-mix sources (and SciFact train), written to one file."""
+    from .groups import GroupsSummary, mine_groups, write_groups
+    from .mix import MIX_ID, SOURCES
+
+    names = [s.strip() for s in a.sources.split(",") if s.strip()]
+    unknown = [s for s in names if s not in SOURCES and s != "scifact"]
+    if unknown or not names:
+        raise SystemExit(f"--sources: unknown source(s) {unknown or names}; choose from {sorted(SOURCES)} and scifact")
+    options = dict(num_negatives=a.num_negatives, window=window, seed=a.seed, min_relevance=a.min_relevance,
+                   other_positives=a.other_positives)
+    groups, summary = [], GroupsSummary(dataset=a.dataset or MIX_ID)
+    parts = [(a.dataset or MIX_ID, [s for s in names if s != "scifact"])] if set(names) - {"scifact"} else []
+    if "scifact" in names:
+        parts.append(("beir/scifact/train", None))
+    for dataset, sources in parts:
+        kept, part = mine_groups(dataset, sources=sources, per_source=a.per_source, max_queries=a.max_queries,
+                                 **options)
+        groups += kept
+        for key in ("queries", "used", "skipped_no_positive", "topped_up", "positives", "negatives",
+                    "random_negatives", "other_positive_negatives"):
+            setattr(summary, key, getattr(summary, key) + getattr(part, key))
     write_groups(groups, summary, a.output)
 
 

@@ -34,6 +34,7 @@ class StageConfig:
     # data
     train_data: list[str] = field(default_factory=list)
     max_examples_per_file: Optional[int] = None
+    balance_domains: bool = False  #: domains (the groups' ``src``) take turns in every epoch's order
     group_size: int = 16
     batch_size: int = 4  #: queries per micro-batch per process
     grad_accum: int = 4

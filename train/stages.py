@@ -142,7 +142,7 @@ class Trainer:
         self.encoder = PromptEncoder.for_training(self.tokenizer, config.prompt, config.query_max_len,
                                                   config.passage_max_len)
         self.batches = GroupBatches(self.groups, config.group_size, config.batch_size, config.seed,
-                                    self.runtime.rank, self.runtime.world)
+                                    self.runtime.rank, self.runtime.world, config.balance_domains)
         self.total_steps = config.max_steps or (self.batches.per_epoch * config.epochs) // config.grad_accum
         if self.total_steps < 1:
             raise ValueError(f"{len(self.groups)} groups give {self.batches.per_epoch} micro-batches per epoch, fewer "

@@ -117,7 +117,12 @@ def text_loader(dataset: str, text_fields: Sequence[str] | None = None, text_fie
     loader = pt.text.get_text(pt_dataset(dataset), fields)
 
     def join(df: pd.DataFrame) -> pd.DataFrame:
-        text = df[fields].fillna("").astype(str).agg(" ".join, axis=1).str.strip()
+        # column by column: DataFrame.agg(" ".join, axis=1) returns a frame, not a Series, for an empty frame
+        parts = df[fields].fillna("").astype(str)
+        text = parts[fields[0]]
+        for field in fields[1:]:
+            text = text + " " + parts[field]
+        text = text.str.strip()
         return df.drop(columns=fields).assign(**{text_field: text})
 
     return loader >> pt.apply.generic(join)
