@@ -1,4 +1,4 @@
-"""bench/windows.py: documents split into titled windows, and window scores back to document scores (MaxP)."""
+"""experiments/windows.py: documents split into titled windows, and window scores back to document scores (MaxP)."""
 from __future__ import annotations
 
 import pandas as pd
@@ -6,8 +6,8 @@ import pytest
 
 
 @pytest.fixture(scope="module")
-def windows(load_bench):
-    return load_bench("windows")
+def windows(load_experiment):
+    return load_experiment("windows")
 
 
 DOCS = pd.DataFrame({"docno": ["a", "b"], "title": ["Title A", ""], "body": ["w1 w2 w3 w4 w5", "w1 w2"]})

@@ -1,7 +1,7 @@
 """Query-aware sentence selection: what a short-context re-ranker should read of a long document.
 
 The demo model reads 128 passage tokens, about the title and the first 90 tokens of a SciFact abstract
-(median 291 tokens), while BM25 reads all of it. Scoring every window (MaxP, ``bench/windows.py``) costs
+(median 291 tokens), while BM25 reads all of it. Scoring every window (MaxP, ``experiments/windows.py``) costs
 3.4 times as much. This keeps the cost of one pass: the document is cut into sentences, each sentence gets
 the IDF-weighted count of the query's terms it holds (IDF over the query's candidate documents), and the
 best sentences are kept, in the document's order, until the token budget is full. A document that fits

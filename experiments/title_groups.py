@@ -8,15 +8,24 @@ does. No relevance label is used, so the groups may cover the test collection's 
 Every passage of a title group is a document *body* (the title left out): with the title inside the positive
 the task is string matching, and with titles only in the negatives the model would learn that a missing title
 means relevant. Hard negatives come from the first stage's ranking of the title, as in :mod:`train.groups`.
+Tried as one more stage-1 run on the shipped stage 1 (``experiments/results/title_groups_holdout.md``):
+
+    python experiments/title_groups.py --dataset beir/scifact/train --num_docs 800 --output runs/scifact/titles.jsonl
+    python -m train teacher --input runs/scifact/titles.jsonl --output runs/scifact/titles.teacher.jsonl
+    python -m train stage1 ... --train_data runs/scifact/train.jsonl,runs/scifact/titles.teacher.jsonl
 """
 from __future__ import annotations
 
+import argparse
 import random
+import sys
+from pathlib import Path
 
 import pandas as pd
 
-from .groups import (CorpusIds, GroupsSummary, assemble_groups, doc_texts, load_dataset, pick_negatives,
-                     ranked_docnos)
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from train.groups import (CorpusIds, GroupsSummary, assemble_groups, doc_texts, load_dataset,  # noqa: E402
+                          pick_negatives, ranked_docnos, write_groups)
 
 MIN_TITLE_WORDS = 4  #: shorter titles ("Introduction", "Editorial") say too little to be a query
 
@@ -67,3 +76,22 @@ def mine_title_groups(dataset: str, num_docs: int, retriever=None, *, num_negati
         picks.append((qid, title, [doc_id], negs, extra))
     bodies = doc_texts(dataset, ds, [d for p in picks for d in p[2] + p[3]], fields=("text",))
     return assemble_groups(picks, bodies, summary), summary
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="training groups from a collection's titles (no labels used)")
+    parser.add_argument("--dataset", required=True, help="ir_datasets id of a titled collection")
+    parser.add_argument("--num_docs", type=int, required=True, help="documents drawn at random; their titles are queries")
+    parser.add_argument("--output", required=True, type=Path)
+    parser.add_argument("--num_negatives", type=int, default=15)
+    parser.add_argument("--window", default="10,100", help="rank window [start,stop) of the negatives, from 0")
+    parser.add_argument("--seed", type=int, default=42)
+    args = parser.parse_args()
+    start, stop = (int(x) for x in args.window.split(","))
+    groups, summary = mine_title_groups(args.dataset, args.num_docs, num_negatives=args.num_negatives,
+                                        window=(start, stop), seed=args.seed)
+    write_groups(groups, summary, args.output)
+
+
+if __name__ == "__main__":
+    main()

@@ -9,7 +9,7 @@ positive ("seen") and hurts the others ("unseen"). This prints, for BM25 and eac
 - the share of training positives among the *non-relevant* documents of each top 10 (BM25's share is the
   baseline: a higher one means the model pulls them up for queries they do not answer).
 
-    python bench/doc_prior.py --train runs/scifact/train.jsonl --dataset beir/scifact/test \\
+    python experiments/doc_prior.py --train runs/scifact/train.jsonl --dataset beir/scifact/test \\
         --candidates runs/eval/full/candidates --scores runs/eval/full/scores_all --shapes L15 L30
 
 The candidates and scores are those of ``bench/evaluate_demo.py`` (``candidates`` and ``score`` steps).
@@ -23,11 +23,12 @@ from pathlib import Path
 
 import pandas as pd
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))  # evaluate_demo
 
 from evaluate_demo import read_judged, scored_systems, with_bm25  # noqa: E402
-from pyterrier_matroyshka.demo import DEMO_FUSION_WEIGHT  # noqa: E402
+from pyterrier_matroyshka.pretrained import variant  # noqa: E402
 from pyterrier_matroyshka.shape_comparison import evaluate_per_query  # noqa: E402
 
 
@@ -88,7 +89,7 @@ def main() -> None:
     parser.add_argument("--scores", type=Path, nargs="+", required=True, help="one or more score folders")
     parser.add_argument("--systems", nargs="*", default=["matroyshka"])
     parser.add_argument("--shapes", nargs="*", default=["L30"])
-    parser.add_argument("--fusion-weight", type=float, default=DEMO_FUSION_WEIGHT)
+    parser.add_argument("--fusion-weight", type=float, default=variant().fusion_weight)
     args = parser.parse_args()
 
     positives = training_positives(args.train)

@@ -2,11 +2,14 @@
 
 On SciFact the MS MARCO teacher alone is only at BM25's level, but the two fused are well above either
 (test nDCG@10: BM25 0.678, teacher 0.679, teacher + BM25 at weight 0.5 0.709), and the student, trained on 729
-queries, learns a document prior instead of lexical evidence (bench/results/doc_prior.md). Distilling from
+queries, learns a document prior instead of lexical evidence (experiments/results/doc_prior.md). Distilling from
 the fused scores asks the student for that evidence itself, so that it need not be fused at inference.
-Tried on the shipped stage 1 (twelfth session, ``bench/results/bm25_target_holdout.md``): the student fitted
-the training groups' fused order but carried none of it to held-out queries (L30 unchanged, its order no
-closer to BM25's), so the target is an option here, not part of the recipe.
+Tried on the shipped stage 1 (``experiments/results/bm25_target_holdout.md``): the student fitted the training
+groups' fused order but carried none of it to held-out queries (L30 unchanged, its order no closer to BM25's).
+
+    python experiments/bm25_target.py --input runs/scifact/train.jsonl --output runs/scifact/train.fused.jsonl \
+        --dataset beir/scifact/train --weight 0.5 [--score_in_text]
+    python -m train stage1 ... --train_data runs/scifact/train.fused.jsonl
 
 Per group (its positives and negatives, all scored for the group's query), as :mod:`pyterrier_matroyshka.fusion`
 does per query at inference:
@@ -21,18 +24,22 @@ The teacher's own logits are kept as ``teacher_pos_scores`` / ``teacher_neg_scor
 """
 from __future__ import annotations
 
+import argparse
 import json
 import logging
+import sys
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
 import pandas as pd
 
-from pyterrier_matroyshka.fusion import check_weight, interpolate, zscore_per_query
-from pyterrier_matroyshka.score_in_text import passages_with_scores
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from score_in_text import passages_with_scores  # noqa: E402
+from train.data import parse_group  # noqa: E402
 
-from .data import parse_group
+from pyterrier_matroyshka.fusion import check_weight, interpolate, zscore_per_query  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +75,7 @@ def add_first_stage_target(source: Path, output: Path, dataset: str, weight: flo
     """Copy the groups of ``source`` (with teacher ``pos_scores``/``neg_scores`` and corpus ``pos_ids``/
     ``neg_ids``) to ``output`` with the fused target in ``pos_scores``/``neg_scores``; returns counts.
     ``score_in_text`` also writes each passage's BM25 score before its text
-    (:mod:`pyterrier_matroyshka.score_in_text`), for a model that reads it as an input."""
+    (``experiments/score_in_text.py``), for a model that reads it as an input."""
     check_weight(weight)  # before the retrieval: 0 keeps the teacher, 1 is BM25 alone
     records = []
     for n, line in enumerate(Path(source).read_text(encoding="utf-8").splitlines(), 1):
@@ -106,3 +113,20 @@ def add_first_stage_target(source: Path, output: Path, dataset: str, weight: flo
                   score_in_text=score_in_text)
     log.info("BM25-fused teacher target -> %s: %s", output, counts)
     return counts
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="replace teacher scores by the teacher fused with BM25 (per group)")
+    parser.add_argument("--input", required=True, type=Path, help="groups with teacher scores")
+    parser.add_argument("--output", required=True, type=Path)
+    parser.add_argument("--dataset", required=True, help="the ir_datasets id the groups were mined from")
+    parser.add_argument("--weight", type=float, default=0.5, help="BM25's share in [0, 1]")
+    parser.add_argument("--score_in_text", action="store_true",
+                        help="also write each passage's BM25 score before its text, as the model's input")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    print(add_first_stage_target(args.input, args.output, args.dataset, args.weight, score_in_text=args.score_in_text))
+
+
+if __name__ == "__main__":
+    main()

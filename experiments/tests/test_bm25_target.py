@@ -1,4 +1,4 @@
-"""The BM25-fused distillation target: exact BM25 scores of group passages, fused per group with the teacher."""
+"""experiments/bm25_target.py: the teacher fused with exact BM25 per group, as a distillation target."""
 from __future__ import annotations
 
 import json
@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from pyterrier_matroyshka.offline.paths import shared_data_dir
-from train.first_stage_target import add_first_stage_target, bm25_scores, fused_logits
+from bm25_target import add_first_stage_target, bm25_scores, fused_logits
 from train.groups import mine_groups, write_groups
 
 needs_data = pytest.mark.skipif(shared_data_dir() is None, reason="../shared/data (Cranfield) is absent")

@@ -1,4 +1,4 @@
-"""bench/doc_prior.py: which queries are "seen", and how much a ranking leans on training positives."""
+"""experiments/doc_prior.py: which queries are "seen", and how much a ranking leans on training positives."""
 from __future__ import annotations
 
 import json
@@ -8,8 +8,8 @@ import pytest
 
 
 @pytest.fixture(scope="module")
-def doc_prior(load_bench):
-    return load_bench("doc_prior")
+def doc_prior(load_experiment):
+    return load_experiment("doc_prior")
 
 
 QRELS = pd.DataFrame({"qid": ["1", "1", "2"], "docno": ["a", "x", "b"], "label": [1, 0, 1]})

@@ -1,4 +1,4 @@
-"""bench/sentence_selection.py: query-aware sentence selection: the sentences of a long document that best match the query, in budget."""
+"""experiments/sentence_selection.py: query-aware sentence selection: the sentences of a long document that best match the query, in budget."""
 from __future__ import annotations
 
 import pandas as pd
@@ -7,9 +7,9 @@ import pytest
 
 
 @pytest.fixture(scope="module")
-def sel(load_bench):
-    """bench/sentence_selection.py (a measured try, not part of the package)."""
-    return load_bench("sentence_selection")
+def sel(load_experiment):
+    """experiments/sentence_selection.py (a measured try, not part of the package)."""
+    return load_experiment("sentence_selection")
 
 
 @pytest.fixture(scope="module")

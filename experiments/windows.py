@@ -5,10 +5,10 @@ abstract, while BM25 reads all of it. This splits each candidate into windows of
 (title prepended to each, PyTerrier's ``pt.text.sliding``), scores every window with the ordinary ``score``
 step, and keeps each document's best window (what ``pt.text.max_passage`` does):
 
-    python bench/windows.py split --candidates runs/eval/holdout/candidates --out runs/eval/holdout/windows
+    python experiments/windows.py split --candidates runs/eval/holdout/candidates --out runs/eval/holdout/windows
     python bench/evaluate_demo.py score --systems matroyshka --ratios 1 \\
         --candidates runs/eval/holdout/windows --scores runs/eval/holdout/scores_windows
-    python bench/windows.py max --scores runs/eval/holdout/scores_windows --out runs/eval/holdout/scores_maxp
+    python experiments/windows.py max --scores runs/eval/holdout/scores_windows --out runs/eval/holdout/scores_maxp
     python bench/evaluate_demo.py fusion --candidates runs/eval/holdout/candidates \\
         --scores runs/eval/holdout/scores_maxp ...                      # or evaluate / significance
 
@@ -30,6 +30,7 @@ import pandas as pd
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))  # evaluate_demo
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from evaluate_demo import BASE  # noqa: E402

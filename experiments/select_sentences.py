@@ -1,13 +1,13 @@
 """Query-aware sentence selection for the candidates of ``bench/evaluate_demo.py``: does the re-ranker gain by
 reading the sentences that match the query instead of the document's start, at the same cost?
 
-    python bench/select_sentences.py --candidates runs/eval/holdout/candidates --out runs/eval/holdout/selected
+    python experiments/select_sentences.py --candidates runs/eval/holdout/candidates --out runs/eval/holdout/selected
     python bench/evaluate_demo.py score --systems matroyshka --ratios 1 \\
         --candidates runs/eval/holdout/selected --scores runs/eval/holdout/scores_selected
     python bench/evaluate_demo.py significance ... --versus-scores runs/eval/holdout/scores   # paired
 
 Each pair gets its own passage (the run file's ``text`` column): the title, then the body's sentences picked
-by :class:`sentence_selection.SentenceSelector` (bench/sentence_selection.py) within ``--budget`` base-model tokens.
+by :class:`sentence_selection.SentenceSelector` (experiments/sentence_selection.py) within ``--budget`` base-model tokens.
 In a pipeline the same is ``bm25 >> SentenceSelector(125, reranker.scorer.tokenizer) >> reranker``.
 """
 from __future__ import annotations
@@ -21,6 +21,7 @@ import pandas as pd
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))  # evaluate_demo
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from evaluate_demo import BASE, read_candidates  # noqa: E402

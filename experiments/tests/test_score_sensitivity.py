@@ -8,8 +8,8 @@ import pytest
 
 
 @pytest.fixture(scope="module")
-def bench(load_bench):
-    return load_bench("score_sensitivity")
+def bench(load_experiment):
+    return load_experiment("score_sensitivity")
 
 
 class ReadsTheNumber:

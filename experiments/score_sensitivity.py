@@ -4,7 +4,7 @@ Scores the candidates of the first ``--queries`` queries at one shape twice: wit
 the text, and with the scores shuffled within the query (same passages). A model that reads the number changes its
 score when the number changes, in BM25's direction; one that ignores it changes it by bf16 and tokenisation noise.
 
-    python bench/score_sensitivity.py --adapters runs/s13/sit_kd3/stage1 models/matroyshka-smollm2-scifact/stage1 \\
+    python experiments/score_sensitivity.py --adapters runs/s13/sit_kd3/stage1 models/matroyshka-smollm2-scifact/stage1 \\
         --candidates runs/eval/holdout/candidates --dataset beir/scifact/train
 """
 from __future__ import annotations
@@ -17,10 +17,13 @@ import numpy as np
 import pandas as pd
 import torch
 
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))  # evaluate_demo
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from evaluate_demo import BASE, DEFAULT_MAX_LENGTH, read_candidates  # noqa: E402
+from score_in_text import passages_with_scores  # noqa: E402
 
-from pyterrier_matroyshka.score_in_text import passages_with_scores  # noqa: E402
 from pyterrier_matroyshka.scorer import MatroyshkaScorer  # noqa: E402
 
 
