@@ -1,6 +1,6 @@
 """Time one training micro-step (forward + backward, plus the stage-1 teacher pass) per query group.
 
-    python -m train.bench_step stage1 --config train/configs/stage1.json --train_data G.jsonl [--steps 8]
+    python bench/bench_step.py stage1 --config train/configs/stage1.json --train_data G.jsonl [--steps 8]
 
 Uses the stage's own sampler, so the mix of shapes is the one training sees; prints each micro-step's
 time and shape, the mean per query and the projection for one epoch of the data.
@@ -10,10 +10,12 @@ from __future__ import annotations
 import statistics
 import sys
 import time
+from pathlib import Path
 
-from .config import load_config
-from .data import collate
-from .stages import Trainer
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from train.config import load_config  # noqa: E402
+from train.data import collate  # noqa: E402
+from train.stages import Trainer  # noqa: E402
 
 
 def main(argv: list[str]) -> None:

@@ -1,6 +1,6 @@
 """A few DDP steps of any stage, recording per rank what it drew and what it ended with.
 
-    torchrun --nproc_per_node 2 -m train.ddp_check stage1 --model BASE --train_data G.jsonl --output_dir OUT ...
+    torchrun --nproc_per_node 2 tests/ddp_check.py stage1 --model BASE --train_data G.jsonl --output_dir OUT ...
 
 Each rank writes ``OUT/rank<r>.json``: the shapes it drew per step, the queries it trained on, and a
 checksum of its trainable weights. Identical shapes and weights on every rank (and disjoint queries)
@@ -14,8 +14,9 @@ from pathlib import Path
 
 import torch
 
-from .config import load_config
-from .stages import Trainer
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script: the repository's train/
+from train.config import load_config  # noqa: E402
+from train.stages import Trainer  # noqa: E402
 
 
 def main(argv: list[str]) -> None:

@@ -1,4 +1,4 @@
-"""Tiny random bases and toy groups for the training tests and the DDP check (seconds on a CPU)."""
+"""Test helpers: tiny random bases and toy training groups (seconds on a CPU)."""
 from __future__ import annotations
 
 import json
@@ -9,16 +9,17 @@ from typing import Optional
 import torch
 
 
-def tiny_base(folder: Path, tokenizer_source: str, layers: int = 6, hidden: int = 32, seed: int = 0) -> Path:
-    """Save a tiny random Llama (raw base LM, the tokenizer's vocabulary) with its tokenizer into ``folder``."""
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+def tiny_base(folder: Path, tokenizer_source: str, layers: int = 6, hidden: int = 32, seed: int = 0,
+              model_type: str = "llama") -> Path:
+    """Save a tiny random causal LM (raw base LM, the tokenizer's vocabulary) with its tokenizer into ``folder``."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_source)
     torch.manual_seed(seed)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=2 * hidden,
-                         num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
-                         max_position_embeddings=512, tie_word_embeddings=False)
-    model = LlamaForCausalLM(config)
+    config = AutoConfig.for_model(model_type, vocab_size=len(tokenizer), hidden_size=hidden,
+                                  intermediate_size=2 * hidden, num_hidden_layers=layers, num_attention_heads=4,
+                                  num_key_value_heads=2, max_position_embeddings=1024, tie_word_embeddings=False)
+    model = AutoModelForCausalLM.from_config(config)
     with torch.no_grad():  # peaked attention, so that compression weights matter
         for name, p in model.named_parameters():
             if "proj" in name:

@@ -16,7 +16,7 @@ from train.config import load_config
 from train.data import read_groups
 from train.holdout import evaluate_groups, ranking_metrics
 from train.stages import Trainer
-from train.testing import tiny_base, toy_groups
+from helpers import tiny_base, toy_groups
 
 GOLDEN = shared_golden_dir()
 

@@ -8,13 +8,14 @@ from pathlib import Path
 import pytest
 import torch
 
+from pyterrier_matroyshka.adapters import ADAPTER_INFO
 from pyterrier_matroyshka.offline.paths import shared_golden_dir
 from pyterrier_matroyshka.scorer import MatroyshkaScorer
 from pyterrier_matroyshka.shape import Shape
 from train.config import load_config
 from train.data import collate
-from train.stages import ADAPTER_INFO, Trainer
-from train.testing import toy_groups, tiny_base
+from train.stages import Trainer
+from helpers import tiny_base, toy_groups
 
 GOLDEN = shared_golden_dir()
 pytestmark = [pytest.mark.skipif(GOLDEN is None, reason="needs the Mistral tokenizer of ../shared/golden"),
