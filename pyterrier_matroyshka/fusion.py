@@ -6,8 +6,9 @@ is z-normalized within its query first:
 
     score = (1 - weight) * z(re-ranker) + weight * z(first stage)
 
-``weight`` should be chosen on held-out training queries, never on the test set (the demo model's was
-chosen on its SciFact-train holdout: see ``DEMO_FUSION_WEIGHT`` in :mod:`pyterrier_matroyshka.demo`).
+``weight`` should be chosen on held-out training queries, never on the test set (each pretrained variant
+carries the weight chosen on its own holdout: ``variant(name).fusion_weight`` in
+:mod:`pyterrier_matroyshka.pretrained`).
 """
 from __future__ import annotations
 
@@ -51,6 +52,15 @@ class FirstStageFusion(pt.Transformer):
     def __init__(self, reranker: pt.Transformer, weight: float):
         check_weight(weight)
         self.reranker, self.weight = reranker, weight
+
+    @property
+    def schematic(self) -> dict:
+        return {"label": f"Fusion w={self.weight:g}", "help_url": None}  # no docs-index lookup over the web
+
+    def transform_inputs(self) -> list[list[str]]:
+        """What ``pt.inspect`` reports as inputs: the re-ranker's own columns and the first stage's ``score``."""
+        inner = pt.inspect.transformer_inputs(self.reranker, strict=False) or [["qid", "docno"]]
+        return [list(dict.fromkeys([*columns, "score"])) for columns in inner]
 
     def transform(self, inp: pd.DataFrame) -> pd.DataFrame:
         pt.validate.result_frame(inp, extra_columns=["score"])
