@@ -36,7 +36,7 @@ def test_the_product_never_imports_experiments_or_bench(package):
     assert "sys.path.insert" not in sources  # nor reaches them by path
 
 
-@pytest.mark.unit
+@pytest.mark.integration  # a fresh interpreter
 def test_the_reranker_runs_without_pisa_and_bm25_names_the_extra():
     code = ("import sys; sys.modules['pyterrier_pisa'] = None\n"  # as if pyterrier-pisa were not installed
             "from pyterrier_matroyshka import MatroyshkaReRanker, FirstStageFusion\n"
