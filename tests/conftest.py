@@ -36,7 +36,7 @@ MODULE_GROUPS = {
              "test_evaluate_demo.py", "test_recipe.py", "test_train_data.py", "test_train_export.py",
              "test_train_losses.py", "test_train_holdout.py", "test_train_stages.py", "test_train_groups.py",
              "test_reranker.py"},
-    "golden": {"test_golden.py"},
+    "golden": {"test_golden.py", "test_token_golden.py"},
     "integration": {"test_bm25.py", "test_collections.py", "test_cli.py", "test_pyserini.py", "test_notebooks.py",
                     "test_teacher.py", "test_offline.py", "test_train_ddp.py"},
 }
