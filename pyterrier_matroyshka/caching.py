@@ -35,9 +35,6 @@ EXIT_SCORES = "exit_scores"  #: the cached column: the pass's scores, one per ex
 def reranker_fingerprint(reranker: MatroyshkaReRanker) -> dict:
     """What decides ``reranker``'s scores: its scorer's fingerprint at its shape, with the re-ranker's own
     normalization and text column."""
-    if getattr(reranker, "score_in_text", False):
-        raise ValueError("a re-ranker with score_in_text reads the first stage's score, which a (query, docno) "
-                         "cache does not see: cache it without score_in_text")
     return {**reranker.scorer.fingerprint(reranker.shape), "normalize": bool(reranker.normalize),
             "text_field": reranker.text_field}
 

@@ -18,34 +18,36 @@ from typing import Optional, Sequence
 import ir_measures
 
 DEFAULT_SHAPES = ["L30", "L20", "L10", "L30:r2@4", "L30:r4@4"]
+VARIANT_WEIGHT = "variant"  #: a bare --fuse: the pretrained variant's own weight
 
 
-def _weight_or_demo(text: str):
-    return text if text == "demo" else float(text)
+def _weight_or_variant(text: str):
+    return text if text == VARIANT_WEIGHT else float(text)
 
 
 def _model_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", default=None, help="folder or hub id: released layout or a raw base LM "
-                                                      "(default: the demo model, SmolLM2-135M + its adapters)")
+    from .pretrained import DEFAULT_VARIANT, VARIANTS
+
+    parser.add_argument("--variant", default=None, choices=sorted(VARIANTS),
+                        help=f"a pretrained variant with its trained adapters (default: {DEFAULT_VARIANT})")
+    parser.add_argument("--model", default=None, help="instead of a variant: a folder or hub id, released layout "
+                                                      "or a raw base LM")
     parser.add_argument("--adapters", nargs="*", default=None, help="LoRA adapter folders, merged in order")
     parser.add_argument("--compensation", nargs="*", default=None,
                         help="adapters kept switchable, picked by the shape's ratio")
     parser.add_argument("--merge-compensation", action=argparse.BooleanOptionalAction, default=None,
                         help="merge the active compensation adapter into the weights: faster, one more copy "
-                             "of the weights in memory (default: on for the demo model, off otherwise)")
+                             "of the weights in memory (default: on for a variant, off for --model)")
     parser.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
     parser.add_argument("--device", default=None)
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--max-length", type=int, default=None, help="passage token budget (default 512; "
-                                                                     "128 for the demo model)")
+    parser.add_argument("--max-length", type=int, default=None, help="passage token budget (default: the "
+                                                                     "variant's, as trained; 512 for --model)")
     parser.add_argument("--reference-compat", action="store_true", help="replay the reference's bugs B1 and B2")
-    parser.add_argument("--score-in-text", action="store_true",
-                        help="write the first stage's score before each passage, for a model trained so "
-                             "(train bm25_target --score_in_text)")
-    parser.add_argument("--fuse", nargs="?", type=_weight_or_demo, const="demo", default=None, metavar="WEIGHT",
-                        help="interpolate with the first stage's scores, WEIGHT its share in [0, 1] (z-scores per "
-                             "query); without a value (or 'demo'): the demo model's weight, chosen on its "
-                             "SciFact-train holdout")
+    parser.add_argument("--fuse", nargs="?", type=_weight_or_variant, const=VARIANT_WEIGHT, default=None,
+                        metavar="WEIGHT", help="interpolate with the first stage's scores, WEIGHT its share in [0, 1] "
+                                               "(z-scores per query); without a value: the variant's weight, chosen "
+                                               "on its held-out training queries")
 
 
 def _candidate_args(parser: argparse.ArgumentParser, pyserini: bool = False) -> None:
@@ -95,7 +97,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _scorer(args):
-    from .demo import demo_scorer
     from .scorer import MatroyshkaScorer
 
     options = dict(dtype=args.dtype, device=args.device, batch_size=args.batch_size,
@@ -105,25 +106,29 @@ def _scorer(args):
     if args.merge_compensation is not None:
         options["merge_compensation"] = args.merge_compensation
     if args.model is None:
-        return demo_scorer(**options)
+        if args.adapters is not None or args.compensation is not None:
+            raise SystemExit("--adapters and --compensation go with --model; a --variant brings its own")
+        return MatroyshkaScorer.from_pretrained(args.variant, **options)
+    if args.variant is not None:
+        raise SystemExit("give either --variant or --model, not both")
     return MatroyshkaScorer(args.model, adapters=args.adapters, compensation=args.compensation, **options)
 
 
 def _fusion_weight(args) -> Optional[float]:
-    """--fuse's weight: as given (checked before any scoring), or the demo model's holdout-chosen one for a
+    """--fuse's weight: as given (checked before any scoring), or the variant's holdout-chosen one for a
     bare --fuse."""
-    from .demo import DEMO_FUSION_WEIGHT
     from .fusion import check_weight
+    from .pretrained import variant
 
     if args.fuse is None:
         return None
-    if args.fuse != "demo":
+    if args.fuse != VARIANT_WEIGHT:
         check_weight(args.fuse)
         return args.fuse
     if args.model is not None:
-        raise SystemExit("--fuse without a weight means the demo model's weight; for --model give one, "
+        raise SystemExit("--fuse without a weight means the pretrained variant's weight; for --model give one, "
                          "e.g. --fuse 0.3, chosen on held-out training queries")
-    return DEMO_FUSION_WEIGHT
+    return variant(args.variant).fusion_weight
 
 
 def _candidates(args):
@@ -172,8 +177,7 @@ def cmd_rerank(args) -> None:
 
     _check_candidate_source(args)
     weight = _fusion_weight(args)
-    reranker = MatroyshkaReRanker(scorer=_scorer(args), shape=args.shape, verbose=True,
-                                  score_in_text=args.score_in_text)
+    reranker = MatroyshkaReRanker(scorer=_scorer(args), shape=args.shape, verbose=True)
     name = f"matroyshka-{reranker.shape}"
     if weight is not None:
         from .fusion import FirstStageFusion
@@ -220,7 +224,7 @@ def cmd_experiment(args) -> None:
     from .time_estimate import estimate_seconds, plan_text
 
     weight = _fusion_weight(args)
-    reranker = MatroyshkaReRanker(scorer=_scorer(args), verbose=True, score_in_text=args.score_in_text)
+    reranker = MatroyshkaReRanker(scorer=_scorer(args), verbose=True)
     shapes = args.shapes or default_shapes(reranker.scorer.exits)
     systems = {"BM25": None}
     if args.teacher:

@@ -6,8 +6,9 @@ is z-normalized within its query first:
 
     score = (1 - weight) * z(re-ranker) + weight * z(first stage)
 
-``weight`` should be chosen on held-out training queries, never on the test set (the demo model's was
-chosen on its SciFact-train holdout: see ``DEMO_FUSION_WEIGHT`` in :mod:`pyterrier_matroyshka.demo`).
+``weight`` should be chosen on held-out training queries, never on the test set (each pretrained variant
+carries the weight chosen on its own holdout: ``variant(name).fusion_weight`` in
+:mod:`pyterrier_matroyshka.pretrained`).
 """
 from __future__ import annotations
 

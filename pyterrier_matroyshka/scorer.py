@@ -14,8 +14,9 @@ from typing import Any, Callable, Optional, Sequence, Union
 import torch
 from tqdm.auto import tqdm
 
-from .checkpoint import (AdapterSpec, adapter_info, adapter_items, load_model, merge_active_adapters, pick_adapters,
-                         set_active_adapters, unwrap)
+from .adapters import (AdapterSpec, adapter_info, adapter_items, merge_active_adapters, pick_adapters,
+                       set_active_adapters, unwrap)
+from .checkpoint import load_model
 from .fingerprint import weights_digest
 from .model import MatroyshkaModel, reference_bug_set
 from .prompt import PromptEncoder
@@ -130,6 +131,15 @@ class MatroyshkaScorer:
         self.adapter_infos = {name: adapter_info(path) for name, path in adapter_items(switchable)}
         self._encoders: dict = {}
         self.weights_digest = weights_digest(self.model)  # now, before any compensation is merged in
+
+    @classmethod
+    def from_pretrained(cls, variant: Optional[str] = None, **kwargs) -> "MatroyshkaScorer":
+        """A named pretrained variant (default: the package's default model) with its trained adapters and
+        settings; keyword arguments override them (see :mod:`pyterrier_matroyshka.pretrained`)."""
+        from .pretrained import scorer_settings
+
+        base, settings = scorer_settings(variant)
+        return cls(base, **{**settings, **kwargs})
 
     @property
     def core(self) -> MatroyshkaModel:

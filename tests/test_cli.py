@@ -89,22 +89,6 @@ def test_merge_compensation_flag_keeps_the_scores(bm25_run, tiny_checkpoint, tmp
     assert merged.score.to_numpy() != pytest.approx(none.score.to_numpy(), abs=1e-2)
 
 
-def test_score_in_text_flag_feeds_the_runs_scores_to_the_model(bm25_run, tiny_checkpoint, tmp_path):
-    from pyterrier_matroyshka import MatroyshkaReRanker
-    from pyterrier_matroyshka.shape_comparison import first_stage
-
-    runs = {}
-    for name, extra in {"plain": [], "score_in_text": ["--score-in-text"]}.items():
-        runs[name] = tmp_path / f"{name}.run"
-        main(["rerank", "--dataset", "cranfield", "--run", str(bm25_run), "--model", str(tiny_checkpoint),
-              "--dtype", "fp32", "--shape", "L4", "--output", str(runs[name]), *extra])
-    plain, with_scores = (read_trec_run(path).sort_values(["qid", "docno"]) for path in runs.values())
-    expected = MatroyshkaReRanker(str(tiny_checkpoint), dtype="fp32", shape="L4", score_in_text=True)(
-        first_stage("cranfield", run=str(bm25_run))).sort_values(["qid", "docno"])
-    assert with_scores.score.to_numpy() == pytest.approx(expected.score.to_numpy(), abs=1e-4)
-    assert with_scores.score.to_numpy() != pytest.approx(plain.score.to_numpy(), abs=1e-3)
-
-
 def test_experiment_fuse_adds_a_fused_row_per_shape(tiny_checkpoint, data_dir, capsys):
     main(["experiment", "--dataset", "cranfield", "--queries", "3", "--top-k", "10", "--model", str(tiny_checkpoint),
           "--dtype", "fp32", "--shapes", "L8", "L4", "--fuse", "1"])

@@ -16,7 +16,7 @@ from train.config import load_config
 from train.data import read_groups
 from train.holdout import evaluate_groups, ranking_metrics
 from train.stages import Trainer
-from train.testing import tiny_base, toy_groups
+from helpers import tiny_base, toy_groups
 
 GOLDEN = shared_golden_dir()
 
@@ -35,6 +35,7 @@ def test_ranking_metrics_by_hand():
     assert ranking_metrics([-1.0], [float(i) for i in range(10)]) == {"RR@10": 0.0, "nDCG@10": 0.0}
 
 
+@pytest.mark.integration  # a fresh interpreter
 def test_importing_the_engine_does_not_import_pyterrier():
     code = ("import sys, pyterrier_matroyshka; from pyterrier_matroyshka import MatroyshkaScorer; "
             "assert 'pyterrier' not in sys.modules; from pyterrier_matroyshka import MatroyshkaReRanker; "

@@ -1,11 +1,8 @@
 """Command line: ``python -m train groups|teacher|stage1|stage2|stage3 ...``.
 
     python -m train groups --dataset beir/scifact/train --output runs/scifact.groups.jsonl
-    python -m train groups --dataset beir/scifact/train --title_queries 800 --output runs/scifact.titles.jsonl
     python -m train teacher --input runs/scifact.groups.jsonl --output runs/scifact.teacher.jsonl --scorer minilm
     python -m train holdout --data runs/holdout.jsonl --adapters runs/stage1 --shapes L30 L10
-    python -m train bm25_target --input runs/scifact.teacher.jsonl --output runs/scifact.fused.jsonl \
-        --dataset beir/scifact/train --weight 0.5
     python -m train split --input runs/scifact.teacher.jsonl --train runs/train.jsonl --holdout runs/holdout.jsonl
     python -m train stage1 --config train/configs/stage1.json --train_data runs/scifact.teacher.jsonl
     torchrun --nproc_per_node 2 -m train stage1 --config train/configs/stage1.json ...   (DDP)
@@ -26,7 +23,6 @@ from .config import STAGES
 
 def _groups(argv: Sequence[str]) -> None:
     from .groups import mine_groups, write_groups
-    from .title_groups import mine_title_groups
 
     p = argparse.ArgumentParser(prog="python -m train groups", description="hard-negative groups from ir_datasets")
     p.add_argument("--dataset", default=None,
@@ -45,9 +41,6 @@ def _groups(argv: Sequence[str]) -> None:
     p.add_argument("--other_positives", type=int, default=0,
                    help="more negatives per group: documents judged relevant to other queries (against a "
                         "learned document prior)")
-    p.add_argument("--title_queries", type=int, default=None, metavar="N",
-                   help="instead of the dataset's judged queries: N random documents' titles as queries, their "
-                        "bodies as positives (no labels used; train/title_groups.py)")
     a = p.parse_args(argv)
     start, stop = (int(x) for x in a.window.split(","))
     if a.sources is not None:
@@ -55,11 +48,6 @@ def _groups(argv: Sequence[str]) -> None:
         return
     if a.dataset is None:
         p.error("give --dataset or --sources")
-    if a.title_queries is not None:
-        groups, summary = mine_title_groups(a.dataset, a.title_queries, num_negatives=a.num_negatives,
-                                            window=(start, stop), seed=a.seed)
-        write_groups(groups, summary, a.output)
-        return
     groups, summary = mine_groups(a.dataset, num_negatives=a.num_negatives, window=(start, stop), seed=a.seed,
                                   min_relevance=a.min_relevance, max_queries=a.max_queries,
                                   other_positives=a.other_positives)
@@ -108,21 +96,6 @@ def _teacher(argv: Sequence[str]) -> None:
     add_teacher_scores(a.input, a.output, scorer, verbose=True)
 
 
-def _bm25_target(argv: Sequence[str]) -> None:
-    from .first_stage_target import add_first_stage_target
-
-    p = argparse.ArgumentParser(prog="python -m train bm25_target",
-                                description="replace teacher scores by the teacher fused with BM25 (per group)")
-    p.add_argument("--input", required=True, type=Path, help="groups with teacher scores")
-    p.add_argument("--output", required=True, type=Path)
-    p.add_argument("--dataset", required=True, help="the ir_datasets id the groups were mined from")
-    p.add_argument("--weight", type=float, default=0.5, help="BM25's share in [0, 1]")
-    p.add_argument("--score_in_text", action="store_true",
-                   help="also write each passage's BM25 score before its text, as the model's input")
-    a = p.parse_args(argv)
-    print(add_first_stage_target(a.input, a.output, a.dataset, a.weight, score_in_text=a.score_in_text))
-
-
 def _split(argv: Sequence[str]) -> None:
     from .groups import split_holdout
 
@@ -152,16 +125,16 @@ def _export(argv: Sequence[str]) -> None:
 def _holdout(argv: Sequence[str]) -> None:
     import json
 
-    from pyterrier_matroyshka.demo import DEFAULT_MAX_LENGTH
-
     from .holdout import holdout_report
+
+    recipe = json.loads((Path(__file__).parent / "configs" / "stage1.json").read_text())
 
     p = argparse.ArgumentParser(prog="python -m train holdout", description="RR@10/nDCG@10 on held-out groups")
     p.add_argument("--data", required=True, nargs="+")
     p.add_argument("--model", default="HuggingFaceTB/SmolLM2-135M-Instruct")
     p.add_argument("--adapters", nargs="*", default=[], help="adapter folders merged in order")
     p.add_argument("--shapes", nargs="+", default=["L30"])
-    p.add_argument("--max_length", type=int, default=DEFAULT_MAX_LENGTH, help="passage tokens (the recipe's)")
+    p.add_argument("--max_length", type=int, default=recipe["passage_max_len"], help="passage tokens (the recipe's)")
     p.add_argument("--batch_size", type=int, default=64)
     p.add_argument("--dtype", default="auto")
     p.add_argument("--output", type=Path, default=None, help="also write the report here (JSON)")
@@ -199,7 +172,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
                         format=f"%(asctime)s [rank {rank}] %(name)s: %(message)s")
     for noisy in ("transformers", "httpx", "ir_datasets"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    commands = ("groups", "teacher", "bm25_target", "split", "export", "holdout") + STAGES
+    commands = ("groups", "teacher", "split", "export", "holdout") + STAGES
     if not argv or argv[0] not in commands:
         print(__doc__)
         print(f"commands: {', '.join(commands)}")
@@ -209,8 +182,6 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         _groups(rest)
     elif command == "teacher":
         _teacher(rest)
-    elif command == "bm25_target":
-        _bm25_target(rest)
     elif command == "split":
         _split(rest)
     elif command == "export":

@@ -13,6 +13,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from pyterrier_matroyshka.adapters import ADAPTER_INFO
+
 ADAPTER_FILE = "adapter_model.safetensors"
 
 
@@ -54,7 +56,7 @@ def export_adapter(source: str | Path, target: str | Path, rank: int, dtype: tor
     (target / "adapter_config.json").write_text(json.dumps(config, indent=2))
     summary = {"source_rank": source_rank, "rank": rank, "energy_kept": kept / total if total else 1.0,
                "bytes": (target / ADAPTER_FILE).stat().st_size}
-    info = source / "matroyshka_adapter.json"
+    info = source / ADAPTER_INFO
     if info.is_file():
         note = json.loads(info.read_text())
         note["export"] = {"rank": rank, "energy_kept": summary["energy_kept"], "dtype": str(dtype)}

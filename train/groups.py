@@ -9,7 +9,7 @@ Deterministic for a seed: each query's draw depends only on ``(seed, qid)``.
 ``other_positives`` adds, to each group's negatives, that many documents judged relevant to *other* queries
 (and not to this one). Without them a document that was a positive in training is only ever seen winning,
 so a small model learns a document prior ("this passage is a good answer") instead of query-passage
-relevance: the first SciFact demo model put twice BM25's share of training positives among its
+relevance: the shipped SciFact model puts twice BM25's share of training positives among its
 non-relevant top-10 documents on test (MODEL_CARD.md).
 """
 from __future__ import annotations

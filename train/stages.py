@@ -30,6 +30,7 @@ from typing import Optional
 import torch
 import torch.distributed as dist
 
+from pyterrier_matroyshka.adapters import ADAPTER_INFO
 from pyterrier_matroyshka.checkpoint import load_model
 from pyterrier_matroyshka.model import MatroyshkaModel
 from pyterrier_matroyshka.prompt import PromptEncoder
@@ -44,8 +45,6 @@ from .lr_schedule import lr_scheduler
 from .shape_sampling import ShapeSampler, assert_same_on_all_ranks, candidate_layers
 
 log = logging.getLogger(__name__)
-
-ADAPTER_INFO = "matroyshka_adapter.json"
 
 
 @dataclass

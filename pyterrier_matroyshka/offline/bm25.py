@@ -73,6 +73,17 @@ def _quiet(quiet: bool = True):
             os.close(copy)
 
 
+def _pisa_index_class():
+    """``pyterrier_pisa.PisaIndex``, imported on first use: the re-ranker itself does not need PISA."""
+    try:
+        from pyterrier_pisa import PisaIndex
+    except ImportError as err:
+        raise ImportError("BM25 here runs on PISA, which is not installed: pip install "
+                          "'pyterrier-matroyshka[bm25]' (or give the re-ranker candidates from another first "
+                          "stage)") from err
+    return PisaIndex
+
+
 def pisa_index(dataset: str, text_fields: Sequence[str] | None = None, stemmer: str = "porter2",
                verbose: bool = False):
     """The PISA index of ``dataset``'s corpus, built once into ``cache_dir('pisa', ...)`` and reused.
@@ -88,8 +99,7 @@ def pisa_index(dataset: str, text_fields: Sequence[str] | None = None, stemmer: 
         last by pyterrier-pisa) exists; it is built in a temporary folder and moved into place, so an
         interrupted build is never mistaken for a complete one.
     """
-    from pyterrier_pisa import PisaIndex
-
+    PisaIndex = _pisa_index_class()
     parent, default_fields = _corpus(dataset)
     fields = tuple(text_fields or default_fields)
     name = f"{re.sub(r'[^A-Za-z0-9.-]+', '_', parent)}.{'+'.join(fields)}.{stemmer}"
