@@ -5,7 +5,7 @@ weights at another shape, so one ``pt.Experiment`` can compare many shapes.
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import numpy as np
 import pandas as pd
@@ -14,6 +14,9 @@ import pyterrier as pt
 from .score_in_text import passages_with_scores
 from .scorer import MatroyshkaScorer
 from .shape import Shape, ShapeLike
+
+if TYPE_CHECKING:
+    from .cascade import MatroyshkaCascade
 
 
 class MatroyshkaReRanker(pt.Transformer):
@@ -57,6 +60,14 @@ class MatroyshkaReRanker(pt.Transformer):
         return MatroyshkaReRanker(scorer=self.scorer, shape=shape, batch_size=self.batch_size,
                                   text_field=self.text_field, verbose=self.verbose, normalize=self.normalize,
                                   score_in_text=self.score_in_text)
+
+    def cascade(self, stages, adapters="auto") -> "MatroyshkaCascade":
+        """Progressive deepening with these weights, e.g. ``cascade([("L10", 50), ("L20", 15), "L30"])``:
+        all candidates at exit 10, the best 50 continue to 20, the best 15 to 30 (see
+        :class:`~pyterrier_matroyshka.cascade.MatroyshkaCascade`)."""
+        from .cascade import MatroyshkaCascade
+
+        return MatroyshkaCascade(self, stages, adapters=adapters)
 
     def flops(self, query_len: int = 16, passage_len: int = 96) -> float:
         """Estimated FLOPs per pair at this shape (see :meth:`Shape.flops`)."""
