@@ -6,13 +6,15 @@ re-ranking time alone.
 from __future__ import annotations
 
 import time
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Union
 
 import ir_measures
 import pandas as pd
 import pyterrier as pt
 from ir_measures import RR, nDCG
 
+from .cascade import MatroyshkaCascade
+from .cascade_plan import CascadePlan
 from .fusion import fuse
 from .reranker import MatroyshkaReRanker
 from .shape import ShapeLike
@@ -65,7 +67,8 @@ def _ir_measures_frames(run: pd.DataFrame, qrels: pd.DataFrame,
 def compare(candidates: pd.DataFrame, qrels: pd.DataFrame, systems: dict[str, Optional[pt.Transformer]],
             measures: Sequence = DEFAULT_MEASURES, fusion_weight: Optional[float] = None,
             first_stage_name: str = "BM25") -> pd.DataFrame:
-    """One row per system (``None`` = the candidates as they are): measures, GFLOP/pair, seconds.
+    """One row per system (``None`` = the candidates as they are): measures, GFLOP/pair, seconds, GFLOP/query
+    (a cascade's GFLOP/pair is its cost per query spread over all candidates).
 
     With ``fusion_weight``, every Matroyshka row is followed by the same run interpolated with the
     candidates' own scores (:func:`~pyterrier_matroyshka.fusion.fuse`, no re-scoring)."""
@@ -76,27 +79,46 @@ def compare(candidates: pd.DataFrame, qrels: pd.DataFrame, systems: dict[str, Op
         start = time.perf_counter()
         run = candidates if system is None else system(candidates)
         seconds = time.perf_counter() - start
-        flops = float("nan")
-        if isinstance(system, MatroyshkaReRanker):
-            lengths = lengths or mean_lengths(system, candidates)
-            flops = system.scorer.flops(system.shape, *lengths) / 1e9
-        row = {"GFLOP/pair": flops, "seconds": seconds if system is not None else float("nan")}
+        per_pair = per_query = float("nan")
+        if isinstance(system, (MatroyshkaReRanker, MatroyshkaCascade)):
+            lengths = lengths or mean_lengths(getattr(system, "reranker", system), candidates)
+            per_query = gflop_per_query(system, candidates, lengths)
+            per_pair = per_query * len(queries) / len(candidates)
+        row = {"GFLOP/pair": per_pair, "seconds": seconds if system is not None else float("nan"),
+               "GFLOP/query": per_query}
         rows.append({"name": name, **evaluate(run, qrels, measures, queries), **row})
-        if fusion_weight is not None and isinstance(system, MatroyshkaReRanker):
+        if fusion_weight is not None and isinstance(system, (MatroyshkaReRanker, MatroyshkaCascade)):
             fused = fuse(candidates, run, fusion_weight)
             rows.append({"name": f"{name} + {first_stage_name} ({fusion_weight:g})",
                          **evaluate(fused, qrels, measures, queries), **row})
     return pd.DataFrame(rows)
 
 
-def compare_shapes(reranker: MatroyshkaReRanker, shapes: Sequence[ShapeLike], candidates: pd.DataFrame,
-                   qrels: pd.DataFrame, baseline: str = "BM25", measures: Sequence = DEFAULT_MEASURES,
-                   extra: Optional[dict[str, pt.Transformer]] = None,
+def gflop_per_query(system: "MatroyshkaReRanker | MatroyshkaCascade", candidates: pd.DataFrame,
+                    lengths: tuple[int, int, int]) -> float:
+    """Estimated GFLOP per query at the candidates' mean token ``lengths``: a shape's cost per pair times the
+    candidates, a cascade's stages for the candidates that reach them; averaged over the queries."""
+    counts = candidates.groupby("qid", sort=False).size()
+    if isinstance(system, MatroyshkaReRanker):
+        return system.scorer.flops(system.shape, *lengths) * float(counts.mean()) / 1e9
+    query_len, passage_len, _ = lengths
+    return sum(system.flops(int(n), query_len, passage_len) for n in counts) / len(counts) / 1e9
+
+
+def compare_shapes(reranker: MatroyshkaReRanker, shapes: Sequence[Union[ShapeLike, CascadePlan]],
+                   candidates: pd.DataFrame, qrels: pd.DataFrame, baseline: str = "BM25",
+                   measures: Sequence = DEFAULT_MEASURES, extra: Optional[dict[str, pt.Transformer]] = None,
                    fusion_weight: Optional[float] = None) -> pd.DataFrame:
     """The candidates' own ranking, ``extra`` systems, then ``reranker`` at each shape (weights loaded once),
-    each also interpolated with the candidates' scores at ``fusion_weight`` if given."""
+    each also interpolated with the candidates' scores at ``fusion_weight`` if given. A cascade
+    (:class:`CascadePlan` or its string, e.g. ``"L6 top30 > L20"``) is a system too."""
     systems: dict[str, Optional[pt.Transformer]] = {baseline: None, **(extra or {})}
-    systems.update({str(shape): reranker.with_shape(shape) for shape in shapes})
+    for shape in shapes:
+        if isinstance(shape, CascadePlan) or (isinstance(shape, str) and ">" in shape):
+            cascade = reranker.cascade(shape)
+            systems[str(cascade.plan)] = cascade
+        else:
+            systems[str(shape)] = reranker.with_shape(shape)
     return compare(candidates, qrels, systems, measures, fusion_weight, baseline)
 
 
@@ -109,5 +131,6 @@ def mean_lengths(reranker: MatroyshkaReRanker, candidates: pd.DataFrame, sample:
 def format_table(table: pd.DataFrame) -> str:
     """A plain-text table with 4 decimals for measures, 2 for cost and time."""
     formats = {c: "{:.4f}".format for c in table.columns if "@" in c}
-    formats.update({"GFLOP/pair": "{:.2f}".format, "seconds": "{:.1f}".format})
+    formats.update({"GFLOP/pair": "{:.2f}".format, "GFLOP/query": "{:.1f}".format, "seconds": "{:.1f}".format,
+                    "ms/query": "{:.0f}".format, "of full": "{:.0%}".format})
     return table.to_string(index=False, formatters=formats, na_rep="-")

@@ -1,0 +1,150 @@
+"""Fixed shapes against progressive-deepening cascades of the demo model: nDCG@10, GFLOP per query, ms per query.
+
+Every system is evaluated from cached exit scores (``pyterrier_matroyshka.budget``): one multi-exit pass per
+compression setting scores all candidates at every exit, fixed shapes read their exit and cascades are
+replayed from the same scores, which the exactness of the resumed forward makes equal to running them
+(tests/test_cascade.py, tests/test_cascade_demo.py). Time is measured by running the frontier systems
+themselves on the first few queries.
+
+    python bench/cascade_frontier.py evaluate --dataset local/msmarco-passage-dl19 --ratios 1 2 --time-queries 0
+    python bench/cascade_frontier.py evaluate --dataset beir/scifact/test --queries 50 --ratios 1 2
+    python bench/cascade_frontier.py evaluate --dataset beir/scifact/train --holdout --queries 40 --ratios 1 2
+    python bench/cascade_frontier.py report          # tables of bench/results/cascade.json, the frontier plot
+
+The passes are cached under ``--cache`` (re-running with timing, or other systems, scores nothing again).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+RESULTS = ROOT / "bench" / "results"
+JSON = RESULTS / "cascade.json"
+PLOT = RESULTS / "cascade_frontier.png"
+COLUMNS = ["name", "kind", "nDCG@10", "RR@10", "GFLOP/query", "of full", "ms/query", "pass"]
+
+
+def evaluate(args) -> None:
+    import torch
+
+    from pyterrier_matroyshka.budget import (candidates_for, default_systems, evaluate_systems, holdout_qids,
+                                             plan_for)
+    from pyterrier_matroyshka.demo import demo_reranker
+    from pyterrier_matroyshka.offline.collections import pt_dataset
+
+    torch.set_num_threads(args.threads)
+    qids = holdout_qids(args.dataset) if args.holdout else None
+    candidates = candidates_for(args.dataset, args.top_k, args.queries, qids)
+    reranker = demo_reranker(dtype="fp32", device="cpu", batch_size=args.batch_size)
+    systems = [s for s in default_systems(reranker.scorer.exits) if plan_for(reranker, s)[0].ratio in args.ratios]
+    start = time.perf_counter()
+    table = evaluate_systems(reranker, systems, candidates, pt_dataset(args.dataset).get_qrels(), cache=args.cache,
+                             time_queries=args.time_queries, time_which="frontier" if args.time_queries else "none")
+    name = args.dataset + (" (held-out queries)" if args.holdout else "")
+    entry = {"dataset": name, "queries": int(candidates["qid"].nunique()), "top_k": args.top_k,
+             "candidates": len(candidates), "time_queries": args.time_queries, "threads": args.threads,
+             "batch_size": args.batch_size, "cpu": cpu_name(), "seconds": round(time.perf_counter() - start, 1),
+             "systems": table.to_dict(orient="records")}
+    results = json.loads(args.output.read_text()) if args.output.is_file() else {}
+    results[name] = entry
+    args.output.write_text(json.dumps(results, indent=1))
+    print(f"{name}: {entry['queries']} queries x top {args.top_k}, {entry['seconds']} s")
+    print(frontier_markdown(table))
+
+
+def cpu_name() -> str:
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown"
+
+
+def frontier_markdown(table) -> str:
+    import pandas as pd
+
+    from pyterrier_matroyshka.budget import pareto_frontier
+
+    frontier = set(pareto_frontier(table)["name"])
+    lines = ["| system | nDCG@10 | RR@10 | GFLOP/query | of L30 | ms/query | frontier |", "|---|---|---|---|---|---|---|"]
+    for _, row in table.sort_values("GFLOP/query", kind="stable").iterrows():
+        ms = "-" if pd.isna(row["ms/query"]) else f"{row['ms/query']:.0f}"
+        lines.append(f"| {row['name']} | {row['nDCG@10']:.4f} | {row['RR@10']:.4f} | {row['GFLOP/query']:.0f} | "
+                     f"{row['of full']:.0%} | {ms} | {'yes' if row['name'] in frontier else ''} |")
+    return "\n".join(lines)
+
+
+def report(args) -> None:
+    import pandas as pd
+
+    results = {}
+    for path in args.inputs or [JSON]:
+        results.update(json.loads(Path(path).read_text()))
+    JSON.write_text(json.dumps(results, indent=1))
+    for name, entry in results.items():
+        table = pd.DataFrame(entry["systems"])
+        print(f"\n### {name}: {entry['queries']} queries x BM25 top {entry['top_k']}\n")
+        print(frontier_markdown(table))
+    plot(results, PLOT)
+    print(f"\nplot: {PLOT.relative_to(ROOT)}")
+
+
+def plot(results: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import pandas as pd
+
+    from pyterrier_matroyshka.budget import pareto_frontier
+
+    fig, axes = plt.subplots(1, len(results), figsize=(5.5 * len(results), 4.2), squeeze=False)
+    for ax, (name, entry) in zip(axes[0], results.items()):
+        table = pd.DataFrame(entry["systems"])
+        for kind, marker in (("shape", "o"), ("cascade", "^")):
+            part = table[table["kind"] == kind]
+            ax.scatter(part["of full"], part["nDCG@10"], marker=marker, s=18, alpha=0.6, label=f"{kind}s")
+        frontier = pareto_frontier(table)
+        ax.step(frontier["of full"], frontier["nDCG@10"], where="post", color="black", linewidth=1, label="frontier")
+        full = table.loc[table["name"] == "L30", "nDCG@10"].iloc[0]
+        ax.axhline(full - 0.005, color="gray", linestyle=":", label="L30 - 0.005")
+        ax.axvline(0.5, color="gray", linestyle="--", linewidth=0.8)
+        ax.set_xlabel("GFLOP per query, share of L30")
+        ax.set_ylabel("nDCG@10")
+        ax.set_title(f"{name}\n{entry['queries']} queries x top {entry['top_k']}", fontsize=9)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser("evaluate")
+    run.add_argument("--dataset", required=True)
+    run.add_argument("--queries", type=int, default=None)
+    run.add_argument("--top-k", type=int, default=100)
+    run.add_argument("--holdout", action="store_true", help="the training recipe's held-out queries only")
+    run.add_argument("--ratios", type=int, nargs="+", default=[1, 2, 4], help="passes to run (1 = uncompressed)")
+    run.add_argument("--time-queries", type=int, default=2, help="queries timed per frontier system (0: none)")
+    run.add_argument("--batch-size", type=int, default=16)
+    run.add_argument("--threads", type=int, default=1)
+    run.add_argument("--cache", type=Path, default=ROOT / "runs" / "cascade")
+    run.add_argument("--output", type=Path, default=JSON, help="JSON the dataset's table is added to")
+    merge = commands.add_parser("report")
+    merge.add_argument("inputs", nargs="*", help="JSON files of evaluate runs to merge into bench/results/cascade.json")
+    args = parser.parse_args()
+    {"evaluate": evaluate, "report": report}[args.command](args)
+
+
+if __name__ == "__main__":
+    main()
