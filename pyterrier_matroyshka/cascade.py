@@ -27,7 +27,8 @@ class MatroyshkaCascade(pt.Transformer):
     by that stage's score; and so on down to the first stage (ties: input order). ``score`` sorts in
     that order (the last reached stage's own score, shifted down per group, so only its order within a
     group means anything); ``score_<shape>`` holds each stage's raw score (NaN where a candidate did not
-    reach the stage) and ``exit_depth`` the depth of the last exit a candidate reached.
+    reach the stage) and ``exit_depth`` the depth of the last exit a candidate reached. Scores are raw
+    (the re-ranker's ``normalize`` does not apply: a sigmoid would not change the ranking).
 
     A candidate's stage score equals the one-pass score at that stage's shape (float noise aside), as long
     as the adapters allow resuming: see ``adapters``.
@@ -64,7 +65,7 @@ class MatroyshkaCascade(pt.Transformer):
 
     @property
     def schematic(self) -> dict:
-        return {"label": f"Matroyshka cascade {self.plan.depths[0]}..{self.plan.depths[-1]}", "help_url": None}
+        return {"label": f"Cascade L{self.plan.depths[0]}..L{self.plan.depths[-1]}", "help_url": None}
 
     def flops(self, candidates: int = 100, query_len: int = 16, passage_len: int = 96) -> float:
         """Estimated FLOPs per query of ``candidates`` candidates: every stage's blocks for the candidates

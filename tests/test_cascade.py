@@ -8,6 +8,7 @@ import shutil
 
 import numpy as np
 import pandas as pd
+import pyterrier as pt
 import pytest
 import torch
 
@@ -288,3 +289,15 @@ def test_switching_to_an_adapter_of_later_blocks_only_is_exact(noted_scorer, gol
     scorer.adapter_infos = {"early": noted_scorer.adapter_infos["early"]}
     with pytest.raises(ValueError, match="blocks 2"):
         score_cascade(scorer, golden_pairs, "L4 top5 > L8:r2@4,6")
+
+
+class TestCascadeTransformerContract(pt.testing.TransformerTestCase):
+    @staticmethod
+    def get_transformer():
+        from pyterrier_matroyshka.offline.paths import shared_golden_dir
+        from pyterrier_matroyshka.reranker import MatroyshkaReRanker
+
+        if shared_golden_dir() is None:
+            pytest.skip("../shared/golden is not beside the repository")
+        reranker = MatroyshkaReRanker(str(shared_golden_dir() / "tiny-matroyshka"), dtype="fp32", device="cpu")
+        return reranker.cascade([("L3", 2), "L8"])
