@@ -33,8 +33,9 @@ COLUMNS = ["name", "kind", "nDCG@10", "RR@10", "GFLOP/query", "of full", "ms/que
 def evaluate(args) -> None:
     import torch
 
-    from pyterrier_matroyshka.budget import (candidates_for, default_systems, evaluate_systems, holdout_qids,
-                                             plan_for)
+    from pyterrier_matroyshka.budget import (candidates_for, default_systems, evaluate_systems, exit_scores,
+                                             holdout_qids, plan_for)
+    from pyterrier_matroyshka.shape import Shape
     from pyterrier_matroyshka.demo import demo_reranker
     from pyterrier_matroyshka.offline.collections import pt_dataset
 
@@ -51,11 +52,84 @@ def evaluate(args) -> None:
              "candidates": len(candidates), "time_queries": args.time_queries, "threads": args.threads,
              "batch_size": args.batch_size, "cpu": cpu_name(), "seconds": round(time.perf_counter() - start, 1),
              "systems": table.to_dict(orient="records")}
+    full = plan_for(reranker, Shape(reranker.scorer.exits[-1]))[0]
+    scores = exit_scores(reranker, candidates, full, args.cache)  # cached by the evaluation above
+    qrels = pt_dataset(args.dataset).get_qrels()
+    entry["bm25_cuts"] = bm25_cuts(reranker, candidates, scores, qrels, table)
+    entry["pruning"] = pruning_recall(candidates, scores, qrels)
     results = json.loads(args.output.read_text()) if args.output.is_file() else {}
     results[name] = entry
     args.output.write_text(json.dumps(results, indent=1))
     print(f"{name}: {entry['queries']} queries x top {args.top_k}, {entry['seconds']} s")
     print(frontier_markdown(table))
+
+
+PRUNERS = [4, 6, 8, 10, 12, 15]
+KEEPS = [10, 20, 30, 50]
+
+
+def top_by(values, qids, keep: int):
+    """Per query, a mask of the ``keep`` rows with the highest values (ties: earlier row)."""
+    import numpy as np
+    import pandas as pd
+
+    mask = np.zeros(len(values), dtype=bool)
+    for rows in pd.Series(range(len(values))).groupby(qids, sort=False).indices.values():
+        mask[rows[np.argsort(-values[rows], kind="stable")[:keep]]] = True
+    return mask
+
+
+def bm25_cuts(reranker, candidates, scores, qrels, table) -> list[dict]:
+    """BM25's top ``k`` re-ranked at one exit, the rest in BM25's order below: pruning by the first stage
+    instead of a shallow exit (cost: ``k`` pairs at that exit)."""
+    import numpy as np
+
+    from pyterrier_matroyshka.cascade_scoring import cascade_ranking
+    from pyterrier_matroyshka.shape_comparison import evaluate as measure
+
+    qids = candidates["qid"].to_numpy()
+    bm25 = candidates["score"].to_numpy(dtype=float)
+    per_pair = table.set_index("name")["GFLOP/pair"]
+    full = table.set_index("name").loc[f"L{reranker.scorer.exits[-1]}", "GFLOP/query"]
+    rows = []
+    for keep in (20, 30, 50):
+        kept = top_by(bm25, qids, keep)
+        reaching = candidates.groupby("qid", sort=False).size().clip(upper=keep).mean()
+        for depth in (15, 20, 30):
+            stages = np.stack([bm25, np.where(kept, scores[depth], np.nan)])
+            final = np.empty(len(candidates))
+            for idx in candidates.groupby("qid", sort=False).indices.values():
+                _, final[idx] = cascade_ranking(stages[:, idx])
+            run = candidates[["qid", "docno"]].assign(score=final)
+            gflop = float(per_pair[f"L{depth}"] * reaching)
+            rows.append({"name": f"BM25 top{keep} > L{depth}", **measure(run, qrels, queries=candidates["qid"].unique()),
+                         "GFLOP/query": gflop, "of full": gflop / full})
+    return rows
+
+
+def pruning_recall(candidates, scores, qrels) -> list[dict]:
+    """How well each first stage keeps what matters: the share of a query's judged-relevant candidates
+    (recall) and of L30's top 10 that its top ``k`` holds, averaged over queries (recall: over queries
+    with a relevant candidate)."""
+    import numpy as np
+
+    qids = candidates["qid"].to_numpy()
+    relevant = candidates.merge(qrels[qrels["label"] >= 1][["qid", "docno"]].drop_duplicates(), on=["qid", "docno"],
+                                how="left", indicator=True)["_merge"].eq("both").to_numpy()
+    deepest = max(scores)
+    top10 = top_by(scores[deepest], qids, 10)
+    groups = list(candidates.groupby("qid", sort=False).indices.values())
+    pruners = {"BM25": candidates["score"].to_numpy(dtype=float), **{f"L{d}": scores[d] for d in PRUNERS}}
+    rows = []
+    for name, values in pruners.items():
+        row = {"first stage": name}
+        for keep in KEEPS:
+            kept = top_by(values, qids, keep)
+            recall = [kept[g][relevant[g]].mean() for g in groups if relevant[g].any()]
+            row[f"recall@{keep}"] = float(np.mean(recall))
+            row[f"L{deepest} top10 kept@{keep}"] = float(np.mean([kept[g][top10[g]].mean() for g in groups]))
+        rows.append(row)
+    return rows
 
 
 def cpu_name() -> str:
