@@ -43,7 +43,7 @@ def evaluate(args) -> None:
     qids = holdout_qids(args.dataset) if args.holdout else None
     candidates = candidates_for(args.dataset, args.top_k, args.queries, qids)
     reranker = demo_reranker(dtype="fp32", device="cpu", batch_size=args.batch_size)
-    systems = [s for s in default_systems(reranker.scorer.exits) if plan_for(reranker, s)[0].ratio in args.ratios]
+    systems = default_systems(reranker.scorer.exits, args.ratios)
     start = time.perf_counter()
     table = evaluate_systems(reranker, systems, candidates, pt_dataset(args.dataset).get_qrels(), cache=args.cache,
                              time_queries=args.time_queries, time_which="frontier" if args.time_queries else "none")

@@ -39,11 +39,12 @@ def parse_system(text: Union[str, System]) -> System:
     return CascadePlan.parse(text) if ">" in text else Shape.parse(text)
 
 
-def default_systems(exits: Sequence[int]) -> list[System]:
+def default_systems(exits: Sequence[int], ratios: Sequence[int] = (1, 2, 4)) -> list[System]:
     """Fixed shapes at about 1/5 .. all of the depth (and the full and 2/3 depth compressed early by 2 and
     4), two-stage cascades from a shallow exit to 1/2, 2/3 or all of the depth keeping 10-50 candidates,
     three-stage ones, and compressed cascades: compressed by 2 throughout, or from the first stage's exit on
-    (all from the passes the fixed shapes need)."""
+    (all from the passes the fixed shapes need). Only systems whose deepest shape compresses by one of
+    ``ratios`` (1: none) are kept, so each ratio costs one pass."""
     deepest = exits[-1]
     pick = lambda fraction: min(exits, key=lambda e: abs(e - fraction * deepest))  # noqa: E731
     depths = sorted({pick(f) for f in (0.2, 0.27, 0.33, 0.4, 0.5, 0.67, 0.8, 1.0)})
@@ -65,7 +66,8 @@ def default_systems(exits: Sequence[int]) -> list[System]:
         systems += [CascadePlan([(Shape(early), keep), compressed]) for keep in (30, 50)]
         if pick(0.33) > early:
             systems += [CascadePlan([(Shape(pick(0.33), [early], 2), keep), compressed]) for keep in (20, 50)]
-    return list(dict.fromkeys(systems))
+    deepest_ratio = lambda system: (system if isinstance(system, Shape) else system.path).ratio  # noqa: E731
+    return [system for system in dict.fromkeys(systems) if deepest_ratio(system) in ratios]
 
 
 def holdout_qids(dataset: str, every: int = 10) -> list[str]:

@@ -129,3 +129,9 @@ def test_experiment_table_with_a_cascade(reranker, candidates, qrels, tiny_check
           "--dtype", "fp32", "--shapes", "L8", "L3 top4 > L8"])
     lines = capsys.readouterr().out.strip().splitlines()
     assert lines[-4].split()[-1] == "GFLOP/query" and lines[-1].startswith("L3 top4 > L8")
+
+
+def test_default_systems_by_ratio():
+    uncompressed = default_systems(list(range(4, 31)), ratios=[1])
+    assert all((s if isinstance(s, Shape) else s.path).ratio == 1 for s in uncompressed)
+    assert Shape(30) in uncompressed and Shape(30, [4], 2) not in uncompressed
