@@ -4,8 +4,8 @@
 only some rows (:meth:`ForwardState.select`), gathers rows of several batches (:func:`concat_states`)
 and advances them deeper. Everything a later block needs is here: the residual stream, the mask (after
 any compression), the span lengths that compression uses, the scoring token's attention of the last
-block run (when the shape compresses right at the pause), and the positions, rotary embedding and
-4-D mask the blocks read.
+block run (when the shape compresses right at the pause), and the positions and rotary embedding the
+blocks read (their attention mask follows from ``mask``).
 """
 from __future__ import annotations
 
@@ -13,14 +13,6 @@ from dataclasses import dataclass, replace
 from typing import Optional, Sequence
 
 import torch
-
-
-def causal_padding_mask(mask: torch.Tensor) -> torch.Tensor:
-    """[N, 1, L, L] boolean mask: causal, and padded keys hidden. Every row has a real first token, so no
-    query row is fully masked."""
-    length = mask.shape[1]
-    causal = torch.ones(length, length, dtype=torch.bool, device=mask.device).tril()
-    return (causal.unsqueeze(0) & mask.bool().unsqueeze(1)).unsqueeze(1)
 
 
 @dataclass(frozen=True)
@@ -34,7 +26,7 @@ class ForwardState:
         weights: [N, L] attention that each row's scoring token paid in block ``depth - 1``, kept only
             when the shape compresses before block ``depth`` (compression reads it); else None.
         positions: [1, L] positions 0..L-1 (renumbered after each compression).
-        rotary: the backbone's (cos, sin) for ``positions``. block_mask: [N, 1, L, L] attention mask.
+        rotary: the backbone's (cos, sin) for ``positions``.
     """
 
     hidden: torch.Tensor
@@ -44,7 +36,6 @@ class ForwardState:
     depth: int
     positions: torch.Tensor
     rotary: tuple[torch.Tensor, torch.Tensor]
-    block_mask: torch.Tensor
     weights: Optional[torch.Tensor] = None
 
     def __len__(self) -> int:
@@ -53,9 +44,9 @@ class ForwardState:
     def select(self, rows: Sequence[int] | torch.Tensor) -> "ForwardState":
         """Only ``rows`` (in that order), with right padding trimmed to their longest real length.
 
-        Dropping padding columns changes no real token's value: padded keys are masked for every query,
-        positions and rotary angles of the kept columns are unchanged, and compression reads only real
-        tokens."""
+        Dropping padding columns changes no real token's value: rows are right padded, so a real token
+        attends only to real tokens before it; positions and rotary angles of the kept columns are
+        unchanged; and compression reads only real tokens."""
         index = torch.as_tensor(rows, dtype=torch.long, device=self.hidden.device)
         mask = self.mask.index_select(0, index)
         length = int(mask.sum(dim=1).max()) if len(index) else 0
@@ -64,7 +55,6 @@ class ForwardState:
                        query_lengths=self.query_lengths.index_select(0, index),
                        prompt_lengths=self.prompt_lengths.index_select(0, index),
                        positions=self.positions[:, :length], rotary=tuple(r[:, :length] for r in self.rotary),
-                       block_mask=self.block_mask.index_select(0, index)[:, :, :length, :length],
                        weights=None if self.weights is None else take(self.weights))
 
 
@@ -88,5 +78,5 @@ def concat_states(states: Sequence[ForwardState]) -> ForwardState:
     return ForwardState(hidden=torch.cat([pad(s.hidden) for s in states]), mask=mask,
                         query_lengths=torch.cat([s.query_lengths for s in states]),
                         prompt_lengths=torch.cat([s.prompt_lengths for s in states]), depth=longest.depth,
-                        positions=longest.positions, rotary=longest.rotary, block_mask=causal_padding_mask(mask),
+                        positions=longest.positions, rotary=longest.rotary,
                         weights=None if longest.weights is None else torch.cat([pad(s.weights) for s in states]))

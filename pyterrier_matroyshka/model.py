@@ -7,14 +7,14 @@ the passage span is pooled before the chosen blocks. Module names follow the rel
 """
 from __future__ import annotations
 
-from typing import AbstractSet, Sequence
+from typing import AbstractSet, Optional, Sequence
 
 import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from .compress import compress_passages, scoring_token_attention
-from .forward_state import ForwardState, causal_padding_mask
+from .forward_state import ForwardState
 from .shape import BackboneDims, Shape
 
 SUPPORTED_BACKBONES = ("llama", "mistral", "qwen2", "qwen3")
@@ -88,7 +88,9 @@ class MatroyshkaModel(nn.Module):
               prompt_lengths: torch.Tensor) -> ForwardState:
         """The batch before block 0: token embeddings, positions and masks."""
         hidden = self.model.embed_tokens(input_ids)
-        return self._with_positions(hidden, attention_mask, query_lengths, prompt_lengths, depth=0)
+        positions, rotary = self._positions(hidden)
+        return ForwardState(hidden, attention_mask, query_lengths, prompt_lengths, depth=0, positions=positions,
+                            rotary=rotary)
 
     def advance(self, state: ForwardState, shape: Shape, stop: int, reference_bugs: AbstractSet[str] = frozenset()
                 ) -> tuple[torch.Tensor, ForwardState]:
@@ -104,7 +106,9 @@ class MatroyshkaModel(nn.Module):
             raise ValueError(f"cannot advance from depth {state.depth} to {stop} with shape {shape} "
                              f"(stops must lie between the state's depth and the shape's deepest exit {shape.depth})")
         hidden, mask, weights = state.hidden, state.mask, state.weights
-        positions, rotary, block_mask = state.positions, state.rotary, state.block_mask
+        positions, rotary = state.positions, state.rotary
+        hide_padding = shape.compresses and "B2" in reference_bugs  # B2 reads a padded row's state
+        block_mask = self._block_mask(mask, hide_padding)
         lengths = (state.query_lengths, state.prompt_lengths)
         scores: list[torch.Tensor] = []
         for block in range(state.depth, stop):
@@ -112,8 +116,8 @@ class MatroyshkaModel(nn.Module):
                 scores.append(self._score(hidden, mask, shape, block, reference_bugs))
             if shape.compresses and block in shape.compress_layers:
                 hidden, mask = compress_passages(hidden, mask, *lengths, weights, shape.ratio)
-                paused = self._with_positions(hidden, mask, *lengths, depth=block)
-                positions, rotary, block_mask = paused.positions, paused.rotary, paused.block_mask
+                positions, rotary = self._positions(hidden)
+                block_mask = self._block_mask(mask, hide_padding)
             layer = self.model.layers[block]
             weights = None
             if shape.compresses and block + 1 in shape.compress_layers:
@@ -122,17 +126,30 @@ class MatroyshkaModel(nn.Module):
         if stop in shape.exits and stop > state.depth:
             scores.append(self._score(hidden, mask, shape, stop, reference_bugs))
         after = ForwardState(hidden, mask, *lengths, depth=stop, positions=positions, rotary=rotary,
-                             block_mask=block_mask, weights=weights if stop > state.depth else state.weights)
+                             weights=weights if stop > state.depth else state.weights)
         empty = hidden.new_zeros(0, hidden.shape[0], dtype=torch.float32)
         return (torch.stack(scores) if scores else empty), after
 
-    def _with_positions(self, hidden: torch.Tensor, mask: torch.Tensor, query_lengths: torch.Tensor,
-                        prompt_lengths: torch.Tensor, depth: int) -> ForwardState:
-        """A state with positions 0..L-1 (renumbered after every compression), their rotary embedding, and
-        the causal mask that also hides padded keys."""
+    def _positions(self, hidden: torch.Tensor) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        """Positions 0..L-1 (renumbered after every compression) and their rotary embedding."""
         positions = torch.arange(hidden.shape[1], device=hidden.device).unsqueeze(0)
-        return ForwardState(hidden, mask, query_lengths, prompt_lengths, depth=depth, positions=positions,
-                            rotary=self.model.rotary_emb(hidden, positions), block_mask=causal_padding_mask(mask))
+        return positions, self.model.rotary_emb(hidden, positions)
+
+    def _block_mask(self, mask: torch.Tensor, hide_padding: bool) -> Optional[torch.Tensor]:
+        """The blocks' attention mask.
+
+        Rows are right padded, so a real token's causal past holds real tokens only: causal attention
+        alone is exact for every state that is ever read (scores, compression weights). The mask is
+        then ``None``, which lets SDPA run its causal kernels (flash on a GPU) with shared key/value
+        heads instead of a boolean [N, 1, L, L] mask that rules flash out and copies keys and values
+        per query head. Padded keys are hidden only where a padded row is read (``hide_padding``, the
+        reference's B2) or where attention is eager, which needs an explicit mask; every row has a
+        real first token, so no query row is then fully masked."""
+        if not hide_padding and self.model.config._attn_implementation != "eager":
+            return None
+        length = mask.shape[1]
+        causal = torch.ones(length, length, dtype=torch.bool, device=mask.device).tril()
+        return (causal.unsqueeze(0) & mask.bool().unsqueeze(1)).unsqueeze(1)
 
     def _run_block(self, layer, hidden, block_mask, positions, rotary):
         kwargs = dict(attention_mask=block_mask, position_ids=positions, position_embeddings=rotary)
@@ -154,6 +171,7 @@ class MatroyshkaModel(nn.Module):
         state = self.model.norm(hidden[torch.arange(hidden.shape[0], device=hidden.device), last])
         index = shape.exits.index(depth) if "B1" in reference_bugs else self.head_index(depth)
         return self.lm_head[index].linear_head(state).float().squeeze(-1)
+
 
 def reference_bug_set(reference_compat: bool | Sequence[str]) -> frozenset[str]:
     """``True`` replays both reference bugs, ``False`` none, or name them: ``{"B1"}``, ``{"B2"}``."""

@@ -112,7 +112,8 @@ def test_select_and_concat_keep_rows_and_trim_padding(scorer, golden_pairs):
     assert torch.equal(short.hidden[0, : len(encoded[3].input_ids)], state.hidden[3, : len(encoded[3].input_ids)])
     joined = concat_states([short, state.select([0])])
     assert joined.mask.sum(dim=1).tolist() == [len(encoded[i].input_ids) for i in (3, 1, 0)]
-    assert joined.block_mask.shape == (3, 1, joined.hidden.shape[1], joined.hidden.shape[1])
+    assert joined.positions.shape == (1, joined.hidden.shape[1]) and joined.rotary[0].shape[1] == joined.hidden.shape[1]
+    assert not joined.hidden[2, len(encoded[0].input_ids):].any()  # padding columns are zero vectors
 
 
 def test_plan_string_round_trips_and_path():
