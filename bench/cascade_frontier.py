@@ -57,6 +57,7 @@ def evaluate(args) -> None:
     qrels = pt_dataset(args.dataset).get_qrels()
     entry["bm25_cuts"] = bm25_cuts(reranker, candidates, scores, qrels, table)
     entry["pruning"] = pruning_recall(candidates, scores, qrels)
+    entry["fused_first_stage"] = fused_cascades(reranker, candidates, scores, qrels, table)
     results = json.loads(args.output.read_text()) if args.output.is_file() else {}
     results[name] = entry
     args.output.write_text(json.dumps(results, indent=1))
@@ -105,6 +106,43 @@ def bm25_cuts(reranker, candidates, scores, qrels, table) -> list[dict]:
             rows.append({"name": f"BM25 top{keep} > L{depth}", **measure(run, qrels, queries=candidates["qid"].unique()),
                          "GFLOP/query": gflop, "of full": gflop / full})
     return rows
+
+
+def fused_cascades(reranker, candidates, scores, qrels, table, weight: float = 0.5) -> list[dict]:
+    """Cascades whose first stage prunes by its exit's score interpolated with BM25's (z-scores per query,
+    BM25's share ``weight``, as ``FirstStageFusion``), then rank the kept candidates by the deep exit: what a
+    weak shallow exit gains from the first stage's evidence, at the plain cascade's cost."""
+    import numpy as np
+
+    from pyterrier_matroyshka import CascadePlan
+    from pyterrier_matroyshka.cascade_scoring import cascade_ranking
+    from pyterrier_matroyshka.fusion import interpolate
+    from pyterrier_matroyshka.shape_comparison import evaluate as measure
+
+    qids = candidates["qid"]
+    cost = table.set_index("name")
+    rows = []
+    for first in (4, 6, 8, 10):
+        fused = interpolate(qids, candidates["score"], pd_series(scores[first], candidates), weight)
+        for keep in (20, 30, 50):
+            kept = top_by(fused, qids.to_numpy(), keep)
+            for last in (15, 20, 30):
+                stages = np.stack([fused, np.where(kept, scores[last], np.nan)])
+                final = np.empty(len(candidates))
+                for idx in candidates.groupby("qid", sort=False).indices.values():
+                    _, final[idx] = cascade_ranking(stages[:, idx])
+                run = candidates[["qid", "docno"]].assign(score=final)
+                plain = str(CascadePlan([(f"L{first}", keep), f"L{last}"]))
+                rows.append({"name": f"L{first}+BM25 top{keep} > L{last}", **measure(run, qrels, queries=qids.unique()),
+                             "GFLOP/query": float(cost.loc[plain, "GFLOP/query"]),
+                             "of full": float(cost.loc[plain, "of full"])})
+    return rows
+
+
+def pd_series(values, like):
+    import pandas as pd
+
+    return pd.Series(values, index=like.index)
 
 
 def pruning_recall(candidates, scores, qrels) -> list[dict]:
