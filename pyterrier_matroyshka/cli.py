@@ -5,6 +5,7 @@
                 for a topics file or Pyserini topic name, and write a TREC run
     evaluate    nDCG@10 / RR@10 (or --measures) of TREC runs against a dataset's or a file's qrels
     experiment  BM25 top-k re-ranked at several shapes: a table of effectiveness, cost and time
+    budget      the best shape or cascade for a cost budget, chosen on development topics (Pareto frontier)
 """
 from __future__ import annotations
 
@@ -91,8 +92,28 @@ def build_parser() -> argparse.ArgumentParser:
     _candidate_args(experiment)
     _model_args(experiment)
     experiment.add_argument("--shapes", nargs="+", default=None,
-                            help=f"shapes to compare (default for 30 layers: {' '.join(DEFAULT_SHAPES)})")
+                            help=f"shapes (or cascades, e.g. 'L6 top30 > L20') to compare (default for 30 layers: "
+                                 f"{' '.join(DEFAULT_SHAPES)})")
     experiment.add_argument("--teacher", action="store_true", help="add the MiniLM cross-encoder as a row")
+
+    budget = commands.add_parser("budget", help="pick the best shape or cascade for a cost budget on development topics")
+    budget.add_argument("--dataset", default="beir/scifact/train", help="development topics (never test topics; "
+                                                                         "default beir/scifact/train)")
+    budget.add_argument("--holdout", action="store_true", help="only the training recipe's held-out queries "
+                                                               "(every 10th query with a judged-relevant document)")
+    budget.add_argument("--run", default=None, help="TREC run of candidates (default: PISA BM25)")
+    budget.add_argument("--top-k", type=int, default=100, help="candidates per query")
+    budget.add_argument("--queries", type=int, default=None, help="only the first N queries")
+    _model_args(budget)
+    budget.add_argument("--systems", nargs="+", default=None,
+                        help="shapes and cascades to compare, e.g. L20 'L6 top30 > L20' (default: a grid of both)")
+    budget.add_argument("--max-gflop", type=float, default=None, help="budget: estimated GFLOP per query")
+    budget.add_argument("--max-fraction", type=float, default=None,
+                        help="budget: share of the full-depth shape's GFLOP per query, e.g. 0.5")
+    budget.add_argument("--max-ms", type=float, default=None, help="budget: measured ms per query (frontier systems)")
+    budget.add_argument("--time-queries", type=int, default=2, help="queries each frontier system is timed on (0: none)")
+    budget.add_argument("--cache", default=None, help="folder to keep the multi-exit passes in (re-runs score nothing)")
+    budget.add_argument("--all", action="store_true", help="print every system, not only the frontier")
     return parser
 
 
@@ -254,6 +275,42 @@ def _quiet(system):
     return system
 
 
+def cmd_budget(args) -> None:
+    from . import budget
+    from .offline.collections import pt_dataset
+    from .reranker import MatroyshkaReRanker
+    from .shape_comparison import format_table
+
+    if args.fuse is not None:
+        raise SystemExit("budget compares the re-ranker alone: drop --fuse")
+    try:
+        budget.refuse_test_topics(args.dataset)
+    except ValueError as err:
+        raise SystemExit(str(err)) from err
+    if args.max_ms is not None and args.time_queries < 1:
+        raise SystemExit("--max-ms needs measured times: give --time-queries 1 or more")
+    reranker = MatroyshkaReRanker(scorer=_scorer(args), verbose=args.verbose)
+    systems = args.systems or budget.default_systems(reranker.scorer.exits)
+    qids = budget.holdout_qids(args.dataset) if args.holdout else None
+    candidates = budget.candidates_for(args.dataset, args.top_k, args.queries, qids, args.run)
+    table = budget.evaluate_systems(reranker, systems, candidates, pt_dataset(args.dataset).get_qrels(),
+                                    cache=args.cache, time_queries=args.time_queries)
+    shown = table if args.all else budget.pareto_frontier(table)
+    print(f"\n{args.dataset}{' held-out queries' if args.holdout else ''}: {candidates['qid'].nunique()} queries, "
+          f"top {args.top_k} candidates, {len(table)} systems; model {reranker.scorer.name} ({reranker.scorer.dtype}), "
+          f"time on {reranker.scorer.device}\n")
+    print(("all systems" if args.all else "Pareto frontier (nDCG@10 against GFLOP/query)") + ":")
+    print(format_table(shown.drop(columns=["pass"])))
+    if any(v is not None for v in (args.max_gflop, args.max_fraction, args.max_ms)):
+        try:
+            best = budget.best_under(table, args.max_gflop, args.max_ms, args.max_fraction)
+        except ValueError as err:
+            raise SystemExit(str(err)) from err
+        print(f"\nbest within the budget: {best['name']}  (nDCG@10 {best['nDCG@10']:.4f}, "
+              f"{best['GFLOP/query']:.1f} GFLOP/query = {best['of full']:.0%} of full depth"
+              + (f", {best['ms/query']:.0f} ms/query" if best['ms/query'] == best['ms/query'] else "") + ")")
+
+
 def default_shapes(exits: Sequence[int]) -> list[str]:
     """Full depth, about 2/3 and 1/3 depth, and the full depth compressed by 2 and 4 early on."""
     deepest = exits[-1]
@@ -274,7 +331,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         transformers.logging.disable_progress_bar()
     except ImportError:  # pragma: no cover
         pass
-    {"seed": cmd_seed, "rerank": cmd_rerank, "evaluate": cmd_evaluate, "experiment": cmd_experiment}[args.command](args)
+    commands = {"seed": cmd_seed, "rerank": cmd_rerank, "evaluate": cmd_evaluate, "experiment": cmd_experiment,
+                "budget": cmd_budget}
+    commands[args.command](args)
     return 0
 
 

@@ -6,7 +6,7 @@ weights at another shape, so one ``pt.Experiment`` can compare many shapes.
 from __future__ import annotations
 
 import inspect
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import numpy as np
 import pandas as pd
@@ -14,6 +14,9 @@ import pyterrier as pt
 
 from .scorer import MatroyshkaScorer
 from .shape import Shape, ShapeLike
+
+if TYPE_CHECKING:
+    from .cascade import MatroyshkaCascade
 
 
 class MatroyshkaReRanker(pt.Transformer):
@@ -72,6 +75,14 @@ class MatroyshkaReRanker(pt.Transformer):
         """The same re-ranker (same loaded weights) at another shape."""
         return MatroyshkaReRanker(scorer=self.scorer, shape=shape, batch_size=self.batch_size,
                                   text_field=self.text_field, verbose=self.verbose, normalize=self.normalize)
+
+    def cascade(self, stages, adapters="auto") -> "MatroyshkaCascade":
+        """Progressive deepening with these weights, e.g. ``cascade([("L10", 50), ("L20", 15), "L30"])``:
+        all candidates at exit 10, the best 50 continue to 20, the best 15 to 30 (see
+        :class:`~pyterrier_matroyshka.cascade.MatroyshkaCascade`)."""
+        from .cascade import MatroyshkaCascade
+
+        return MatroyshkaCascade(self, stages, adapters=adapters)
 
     def flops(self, query_len: int = 16, passage_len: int = 96) -> float:
         """Estimated FLOPs per pair at this shape (see :meth:`Shape.flops`)."""

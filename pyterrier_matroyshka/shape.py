@@ -104,10 +104,12 @@ class Shape:
     def flops(self, dims: "BackboneDims", query_len: int, passage_len: int, prompt_len: int) -> float:
         """Estimated forward FLOPs for one pair (spec section 9): per block, 2 x parameters x tokens
         for the projections and MLP, plus 2 x T^2 x attention width for the causal QK^T and AV."""
-        total = 0.0
-        for tokens in self.tokens_per_block(passage_len, query_len + prompt_len):
-            total += 2.0 * dims.block_params * tokens + 2.0 * tokens * tokens * dims.attention_width
-        return total
+        return sum(self.block_flops(dims, query_len, passage_len, prompt_len))
+
+    def block_flops(self, dims: "BackboneDims", query_len: int, passage_len: int, prompt_len: int) -> list[float]:
+        """The :meth:`flops` of each block 0..depth-1 for one pair (a cascade sums a range of them)."""
+        return [2.0 * dims.block_params * tokens + 2.0 * tokens * tokens * dims.attention_width
+                for tokens in self.tokens_per_block(passage_len, query_len + prompt_len)]
 
 
 @dataclass(frozen=True)

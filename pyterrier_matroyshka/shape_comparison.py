@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import time
 from functools import partial
-from typing import Callable, Optional, Sequence
+from typing import Callable, Optional, Sequence, Union
 
 import ir_measures
 import pandas as pd
 import pyterrier as pt
 from ir_measures import RR, nDCG
 
+from .cascade import MatroyshkaCascade
+from .cascade_plan import CascadePlan
 from .fusion import fuse
 from .reranker import MatroyshkaReRanker
 from .shape import ShapeLike
@@ -86,6 +88,7 @@ def compare(candidates: pd.DataFrame, qrels: pd.DataFrame, systems: dict[str, Op
     started = time.perf_counter()
     pipelines: dict[str, pt.Transformer] = {}
     flops: dict[str, float] = {}
+    per_query: dict[str, float] = {}
     lengths = None
 
     def add(name: str, pipeline: pt.Transformer) -> None:
@@ -95,17 +98,30 @@ def compare(candidates: pd.DataFrame, qrels: pd.DataFrame, systems: dict[str, Op
     for name, system in systems.items():
         scored = source if system is None else source >> system
         add(name, scored)
-        if isinstance(system, MatroyshkaReRanker):
-            lengths = lengths or mean_lengths(system, candidates)
-            flops[name] = system.scorer.flops(system.shape, *lengths) / 1e9
+        if isinstance(system, (MatroyshkaReRanker, MatroyshkaCascade)):
+            lengths = lengths or mean_lengths(getattr(system, "reranker", system), candidates)
+            per_query[name] = gflop_per_query(system, candidates, lengths)
+            flops[name] = per_query[name] * candidates["qid"].nunique() / len(candidates)
             if fusion_weight is not None:
                 fused = f"{name} + {first_stage_name} ({fusion_weight:g})"
-                flops[fused] = flops[name]
+                flops[fused], per_query[fused] = flops[name], per_query[name]
                 add(fused, scored >> pt.apply.generic(partial(fuse, candidates, weight=fusion_weight)))
     settings = {**dict(baseline=0, correction="holm", plan="tree", verbose=False), **experiment}
     table = pt.Experiment(list(pipelines.values()), topics, qrels, [*measures, "mrt"], names=list(pipelines),
                           **settings)
-    return table.assign(**{"GFLOP/pair": table["name"].map(flops).astype(float)})
+    return table.assign(**{"GFLOP/pair": table["name"].map(flops).astype(float),
+                           "GFLOP/query": table["name"].map(per_query).astype(float)})
+
+
+def gflop_per_query(system: "MatroyshkaReRanker | MatroyshkaCascade", candidates: pd.DataFrame,
+                    lengths: tuple[int, int, int]) -> float:
+    """Estimated GFLOP per query at the candidates' mean token ``lengths``: a shape's cost per pair times the
+    candidates, a cascade's stages for the candidates that reach them; averaged over the queries."""
+    counts = candidates.groupby("qid", sort=False).size()
+    if isinstance(system, MatroyshkaReRanker):
+        return system.scorer.flops(system.shape, *lengths) * float(counts.mean()) / 1e9
+    query_len, passage_len, _ = lengths
+    return sum(system.flops(int(n), query_len, passage_len) for n in counts) / len(counts) / 1e9
 
 
 class _RowReport(pt.Transformer):
@@ -131,14 +147,20 @@ class _RowReport(pt.Transformer):
         return f"report({self.name!r})"
 
 
-def compare_shapes(reranker: MatroyshkaReRanker, shapes: Sequence[ShapeLike], candidates: pd.DataFrame,
-                   qrels: pd.DataFrame, baseline: str = "BM25", measures: Sequence = DEFAULT_MEASURES,
-                   extra: Optional[dict[str, pt.Transformer]] = None,
+def compare_shapes(reranker: MatroyshkaReRanker, shapes: Sequence[Union[ShapeLike, CascadePlan]],
+                   candidates: pd.DataFrame, qrels: pd.DataFrame, baseline: str = "BM25",
+                   measures: Sequence = DEFAULT_MEASURES, extra: Optional[dict[str, pt.Transformer]] = None,
                    fusion_weight: Optional[float] = None, **compare_options) -> pd.DataFrame:
     """The candidates' own ranking, ``extra`` systems, then ``reranker`` at each shape (weights loaded once),
-    each also interpolated with the candidates' scores at ``fusion_weight`` if given (see :func:`compare`)."""
+    each also interpolated with the candidates' scores at ``fusion_weight`` if given (see :func:`compare`). A
+    cascade (:class:`CascadePlan` or its string, e.g. ``"L6 top30 > L20"``) is a system too."""
     systems: dict[str, Optional[pt.Transformer]] = {baseline: None, **(extra or {})}
-    systems.update({str(shape): reranker.with_shape(shape) for shape in shapes})
+    for shape in shapes:
+        if isinstance(shape, CascadePlan) or (isinstance(shape, str) and ">" in shape):
+            cascade = reranker.cascade(shape)
+            systems[str(cascade.plan)] = cascade
+        else:
+            systems[str(shape)] = reranker.with_shape(shape)
     return compare(candidates, qrels, systems, measures, fusion_weight, baseline, **compare_options)
 
 
@@ -149,18 +171,20 @@ def mean_lengths(reranker: MatroyshkaReRanker, candidates: pd.DataFrame, sample:
 
 
 def format_table(table: pd.DataFrame) -> str:
-    """``pt.Experiment``'s table as plain text: each measure (4 decimals) with its corrected p-value against
-    the baseline where there is one, then ``GFLOP/pair`` and ``mrt`` (ms per query)."""
-    measures = [c for c in table.columns if c not in ("name", "mrt", "GFLOP/pair") and " " not in c]
+    """A table as plain text: each measure (4 decimals) with its corrected p-value against the baseline where
+    ``pt.Experiment`` gave one, then the cost columns (GFLOP per pair and per query, ms per query)."""
+    measures = [c for c in table.columns if "@" in c and " " not in c]
     shown = ["name"]
     for measure in measures:
         shown.append(measure)
         p_value = next((c for c in (f"{measure} p-value corrected", f"{measure} p-value") if c in table.columns), None)
         if p_value:
             shown.append(p_value)
-    shown += [c for c in ("GFLOP/pair", "mrt") if c in table.columns]
+    costs = {"GFLOP/pair": "{:.2f}", "GFLOP/query": "{:.1f}", "of full": "{:.0%}", "mrt": "{:.0f}",
+             "ms/query": "{:.0f}", "seconds": "{:.1f}"}
+    shown += [c for c in costs if c in table.columns]
     short = {c: f"p({c.split(' ')[0]})" if " p-value" in c else c for c in shown}
     formats = {short[c]: "{:.4f}".format for c in measures}
     formats.update({short[c]: "{:.3f}".format for c in shown if c.endswith(("p-value", "corrected"))})
-    formats.update({"GFLOP/pair": "{:.2f}".format, "mrt": "{:.0f}".format})
+    formats.update({c: f.format for c, f in costs.items()})
     return table[shown].rename(columns=short).to_string(index=False, formatters=formats, na_rep="-")
