@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 from pathlib import Path
 from typing import Mapping, Optional, Sequence, Union
 
@@ -23,6 +24,7 @@ from torch import nn
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer, PretrainedConfig
 from transformers.utils import cached_file
 
+from .errors import UserError, check_int
 from .model import ExitHead, MatroyshkaModel
 from .prompt import pad_token_id
 
@@ -48,8 +50,20 @@ def load_model(name_or_path: str, *, adapters: AdapterSpec = None, merge_adapter
     Returns:
         ``(model, tokenizer)``; the model is in eval mode on ``device``.
     """
+    check_int("start_layer", start_layer, 1, optional=True)
+    check_int("layer_sep", layer_sep, 1)
+    check_adapter_folders(adapters, unique_names=not merge_adapters)  # before any weights load
+    check_adapter_folders(switchable, unique_names=True)
     source = _resolve(name_or_path)
-    config_dict, _ = PretrainedConfig.get_config_dict(source)
+    if os.path.isdir(source) and not os.path.isfile(os.path.join(source, "config.json")):
+        raise UserError(f"model folder {source} holds no config.json: give the folder of a Hugging Face model "
+                        "(config.json, weights, tokenizer)")
+    try:
+        config_dict, _ = PretrainedConfig.get_config_dict(source)
+    except OSError as err:
+        where = (f"the folder {source} holds no readable config.json" if os.path.isdir(source)
+                 else f"{name_or_path!r} is not a local folder and could not be fetched")
+        raise UserError(f"cannot load a model: {where} ({' '.join(str(err).split())[:200]})") from err
     tokenizer = load_tokenizer(source)
     if config_dict.get("layer_wise"):
         model = _load_released(source, config_dict, dtype)
@@ -58,7 +72,7 @@ def load_model(name_or_path: str, *, adapters: AdapterSpec = None, merge_adapter
     model = apply_adapters(model, adapters, merge=merge_adapters)
     if switchable:
         if not merge_adapters:
-            raise ValueError("switchable adapters go on top of merged ones; with merge_adapters=False list them all "
+            raise UserError("switchable adapters go on top of merged ones; with merge_adapters=False list them all "
                              "in adapters")
         model = apply_adapters(model, switchable, merge=False)
     return model.to(device).eval(), tokenizer
@@ -73,8 +87,29 @@ def load_tokenizer(source: str):
     return tokenizer
 
 
+#: what a Hugging Face hub id looks like: ``name`` or ``namespace/name``
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
+
+
+def check_local(path, what: str = "model folder") -> str:
+    """``path`` as a string, refused with a clear error when it names a local folder that is not there
+    (a path that exists, starts with ``/``, ``.`` or ``~``, or has more parts than a hub id ``org/name``)
+    or a file; a string that may be a hub id passes."""
+    path = os.fspath(path)
+    if not isinstance(path, str) or not path:
+        raise UserError(f"{what}: expected a folder or hub id, got {path!r}")
+    if os.path.isdir(path):
+        return path
+    if os.path.exists(path):
+        raise UserError(f"{what} {path} is a file; give the folder that holds it")
+    if not _HUB_ID.match(path) or path.startswith((".", "~")) or ".." in path:
+        raise UserError(f"{what} {path} does not exist (looked in {os.path.abspath(os.path.expanduser(path))})")
+    return path
+
+
 def _resolve(name_or_path: str) -> str:
     """Local folders as they are; hub ids through the offline fallbacks when the project has one."""
+    name_or_path = check_local(name_or_path)
     if os.path.isdir(name_or_path):
         return name_or_path
     try:
@@ -86,18 +121,53 @@ def _resolve(name_or_path: str) -> str:
 
 def _load_released(source: str, config_dict: dict, dtype: torch.dtype) -> MatroyshkaModel:
     config = _backbone_config(config_dict)
-    backbone = AutoModel.from_pretrained(source, config=config, dtype=dtype)
-    start, sep = config_dict["start_layer"], config_dict.get("layer_sep", 1)
+    start = check_int(f"{source}: config start_layer", config_dict.get("start_layer"), 1, config.num_hidden_layers)
+    sep = check_int(f"{source}: config layer_sep", config_dict.get("layer_sep", 1), 1)
+    backbone, report = AutoModel.from_pretrained(source, config=config, dtype=dtype, output_loading_info=True,
+                                                 ignore_mismatched_sizes=True)
+    check_loading_report(source, report, ignore_unexpected="lm_head.")
     tensors = _read_tensors(source, prefix="lm_head.")
+    expected = [f"lm_head.{i}.linear_head.weight" for i in range(len(range(start, config.num_hidden_layers + 1, sep)))]
+    _check_names(source, "head weights", missing=[k for k in expected if k not in tensors],
+                 unexpected=sorted(set(tensors) - set(expected)),
+                 hint=f"the config (start_layer {start}, layer_sep {sep}, {config.num_hidden_layers} layers) and "
+                      "the weights disagree")
     heads = nn.ModuleList()
-    for i in range(len(range(start, config.num_hidden_layers + 1, sep))):
-        key = f"lm_head.{i}.linear_head.weight"
-        if key not in tensors:
-            raise ValueError(f"{source}: config says layer_wise with start_layer {start}, but the weights lack {key}")
+    for key in expected:
+        if tuple(tensors[key].shape) != (1, config.hidden_size):
+            raise UserError(f"{source}: {key} has shape {list(tensors[key].shape)}, expected [1, {config.hidden_size}] "
+                            "(the config's hidden_size): the config and the weights disagree")
         head = ExitHead(config.hidden_size).to(dtype)
         head.linear_head.weight.data.copy_(tensors[key])
         heads.append(head)
     return MatroyshkaModel(backbone, heads, start, sep)
+
+
+def check_loading_report(source: str, report: dict, ignore_unexpected: str = "", ignore_missing=()) -> None:
+    """Refuse weights that ``from_pretrained`` reported missing (left randomly initialised), unexpected
+    (no place in the model) or mis-shaped, naming them: a damaged checkpoint, or a config that disagrees
+    with its weights, must not load as a different model."""
+    mismatched = [f"{name} (file {list(saved)}, model {list(model)})" for name, saved, model in
+                  sorted(report.get("mismatched_keys", ()))]
+    if mismatched:
+        raise UserError(f"{source}: {len(mismatched)} tensor(s) have the wrong shape for the config: "
+                        f"{', '.join(mismatched[:4])}: the config and the weights disagree (or the file is damaged)")
+    _check_names(source, "tensors", missing=sorted(set(report.get("missing_keys", ())) - set(ignore_missing)),
+                 unexpected=sorted(k for k in report.get("unexpected_keys", ())
+                                   if not (ignore_unexpected and k.startswith(ignore_unexpected))),
+                 hint="the checkpoint is damaged or its config does not describe its weights")
+    if report.get("error_msgs"):
+        raise UserError(f"{source}: loading failed: {'; '.join(report['error_msgs'])[:400]}")
+
+
+def _check_names(source: str, what: str, missing: Sequence[str], unexpected: Sequence[str], hint: str) -> None:
+    """Refuse ``missing`` or ``unexpected`` tensor names, naming the first few of each."""
+    def listed(label: str, names: Sequence[str]) -> list[str]:
+        return [f"{label} {len(names)}: {', '.join(names[:4])}{' ...' if len(names) > 4 else ''}"] if names else []
+
+    if missing or unexpected:
+        parts = listed("missing", missing) + listed("unexpected", unexpected)
+        raise UserError(f"{source}: {what} do not match the model ({'; '.join(parts)}): {hint}")
 
 
 def _backbone_config(config_dict: dict) -> PretrainedConfig:
@@ -108,7 +178,7 @@ def _backbone_config(config_dict: dict) -> PretrainedConfig:
     try:
         return AutoConfig.for_model(model_type, **values)
     except ValueError as err:
-        raise ValueError(f"unknown backbone architecture {model_type!r} in the checkpoint config") from err
+        raise UserError(f"unknown backbone architecture {model_type!r} in the checkpoint config") from err
 
 
 def _read_tensors(source: str, prefix: str) -> dict[str, torch.Tensor]:
@@ -127,12 +197,15 @@ def _read_tensors(source: str, prefix: str) -> dict[str, torch.Tensor]:
 
 
 def _load_raw(source: str, tokenizer, dtype: torch.dtype, start_layer: Optional[int], layer_sep: int) -> MatroyshkaModel:
-    lm = AutoModelForCausalLM.from_pretrained(source, dtype=dtype)
+    lm, report = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, output_loading_info=True,
+                                                      ignore_mismatched_sizes=True)
+    tied = ["lm_head.weight"] if getattr(lm.config, "tie_word_embeddings", False) else []
+    check_loading_report(source, report, ignore_missing=tied)
     backbone = lm.get_decoder()
     layers = backbone.config.num_hidden_layers
     start = start_layer if start_layer is not None else min(DEFAULT_START_LAYER, layers)
     if not 1 <= start <= layers:
-        raise ValueError(f"start_layer {start} outside 1..{layers} for this {layers}-layer model")
+        raise UserError(f"start_layer {start} outside 1..{layers} for this {layers}-layer model")
     yes_row = lm.get_output_embeddings().weight[yes_token_id(tokenizer)].detach()
     heads = nn.ModuleList()
     for _ in range(start, layers + 1, layer_sep):
@@ -159,15 +232,37 @@ def adapter_items(adapters: AdapterSpec) -> list[tuple[str, str]]:
     return [(Path(path).name.replace(".", "_") or f"adapter_{i}", str(path)) for i, path in enumerate(adapters)]
 
 
+def check_adapter_folders(adapters: AdapterSpec, unique_names: bool) -> list[tuple[str, str]]:
+    """:func:`adapter_items`, each an adapter folder that is there (or may be a hub id); with ``unique_names``
+    (switchable adapters, told apart by name) two folders of one name are refused: the second would
+    silently replace the first."""
+    items = adapter_items(adapters)
+    seen: dict[str, str] = {}
+    for name, path in items:
+        check_local(path, "adapter folder")
+        if os.path.isdir(path) and not os.path.isfile(os.path.join(path, "adapter_config.json")):
+            raise UserError(f"adapter folder {path} holds no adapter_config.json: not a PEFT LoRA adapter")
+        if unique_names and name in seen:
+            raise UserError(f"adapters {seen[name]} and {path} are both called {name!r} (their folder name): the "
+                            "second would replace the first. Rename a folder, or name them: "
+                            "{'vertical': folder1, 'r2': folder2}")
+        seen[name] = path
+    return items
+
+
 def apply_adapters(model: MatroyshkaModel, adapters: AdapterSpec, merge: bool = True):
     """Load LoRA adapters onto ``model``: merged one after another (``W += scale * B @ A``), or kept
     as named, switchable adapters (returns a ``PeftModel``)."""
     from peft import PeftConfig, PeftModel
 
-    items = adapter_items(adapters)
+    items = check_adapter_folders(adapters, unique_names=not merge)
     peft_model = None
     for name, path in items:
-        config = PeftConfig.from_pretrained(path)
+        _check_adapter_note(model, path)
+        try:
+            config = PeftConfig.from_pretrained(path)
+        except (OSError, ValueError) as err:
+            raise UserError(f"cannot read adapter {path}: {' '.join(str(err).split())[:200]}") from err
         config.task_type = None  # a plain PeftModel: the wrapper is not a generation model
         config.inference_mode = True
         try:
@@ -176,7 +271,7 @@ def apply_adapters(model: MatroyshkaModel, adapters: AdapterSpec, merge: bool = 
             else:
                 peft_model.load_adapter(path, adapter_name=name, peft_config=config)
         except (RuntimeError, ValueError) as err:
-            raise ValueError(f"adapter {path} does not fit this model ({model.config.model_type}, "
+            raise UserError(f"adapter {path} does not fit this model ({model.config.model_type}, "
                              f"{model.num_layers} layers, hidden {model.config.hidden_size}, "
                              f"{len(model.exit_depths)} heads): {err}") from err
         _check_adapter_loaded(peft_model, name, path)
@@ -187,14 +282,44 @@ def apply_adapters(model: MatroyshkaModel, adapters: AdapterSpec, merge: bool = 
 
 
 def _check_adapter_loaded(peft_model, name: str, path: str) -> None:
-    """PEFT warns, but loads, when adapter weights have no module to go to; refuse instead."""
+    """PEFT warns, but loads, when adapter weights have no module to go to, and leaves modules the file has
+    no weights for at their fresh initialisation (an adapter for fewer layers); refuse both, naming them."""
     from peft.utils import load_peft_weights
 
-    saved = load_peft_weights(path)
+    saved = set(load_peft_weights(path))
     own = {k for k, _ in peft_model.named_parameters() if f".{name}." in k or k.endswith(f".{name}")}
-    if len(own) < len(saved):
-        raise ValueError(f"adapter {path} holds {len(saved)} LoRA tensors but only {len(own)} found a module "
-                         "in this model: it was trained for another base")
+    own_lora = {k.replace(f".{name}.", ".") for k in own if ".lora_" in k}
+    saved_lora = {k for k in saved if ".lora_" in k}
+    core = unwrap(peft_model)
+    model = f"this model ({core.num_layers} layers, {len(core.exit_depths)} heads)"
+    if len(own) < len(saved) or saved_lora - own_lora:
+        unused = sorted(saved_lora - own_lora) or sorted(saved)
+        raise UserError(f"adapter {path} holds {len(saved)} tensors but only {len(own)} found a module in {model}, "
+                        f"e.g. {_short(unused[0])}: it was trained for another base")
+    untrained = sorted(own_lora - saved_lora)
+    if untrained:
+        raise UserError(f"adapter {path} has no weights for {len(untrained)} LoRA tensor(s) of {model}, e.g. "
+                        f"{_short(untrained[0])}: it was trained for a model with fewer layers or heads")
+
+
+def _short(key: str) -> str:
+    return key.removeprefix("base_model.model.")
+
+
+def _check_adapter_note(model, path: str) -> None:
+    """A project adapter's note (``matroyshka_adapter.json``) says which exits it was trained for; refuse
+    it on a model whose exits differ."""
+    core = unwrap(model)
+    info = adapter_info(path) if os.path.isdir(path) else {}
+    trained = {k: info[k] for k in ("start_layer", "layer_sep") if k in info}
+    own = {"start_layer": core.start_layer, "layer_sep": core.layer_sep}
+    differ = {k: (v, own[k]) for k, v in trained.items() if v != own[k]}
+    deepest = max(info.get("exits") or [0])
+    if differ or deepest > core.num_layers:
+        detail = ", ".join(f"{k} {a} (model {b})" for k, (a, b) in differ.items()) or \
+            f"exits up to {deepest} (model has {core.num_layers} layers)"
+        raise UserError(f"adapter {path} was trained for other exits: {detail}; load it on the model it was "
+                        "trained on")
 
 
 def _check_switchable(model, names: Optional[Sequence[str]]) -> bool:
@@ -203,12 +328,12 @@ def _check_switchable(model, names: Optional[Sequence[str]]) -> bool:
 
     if not isinstance(model, PeftModel):
         if names:
-            raise ValueError("adapters were merged at load time; load with merge_adapters=False to switch them")
+            raise UserError("adapters were merged at load time; load with merge_adapters=False to switch them")
         return False
     available = list(model.peft_config)
     unknown = [n for n in names or [] if n not in available]
     if unknown:
-        raise ValueError(f"unknown adapter(s) {unknown}; this model has {available}")
+        raise UserError(f"unknown adapter(s) {unknown}; this model has {available}")
     return True
 
 
@@ -271,7 +396,15 @@ def adapter_info(path: str) -> dict:
     """What a project-trained adapter was trained for (``kind``: vertical/horizontal, ``ratios``);
     empty for adapters without the note (e.g. the released ones)."""
     note = Path(path) / ADAPTER_INFO
-    return json.loads(note.read_text()) if note.is_file() else {}
+    if not note.is_file():
+        return {}
+    try:
+        info = json.loads(note.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as err:
+        raise UserError(f"{note} is not valid JSON ({err}); restore it or delete it") from None
+    if not isinstance(info, dict):
+        raise UserError(f"{note} must hold a JSON object, got {type(info).__name__}")
+    return info
 
 
 def pick_adapters(ratio: int, infos: Mapping[str, dict]) -> list[str]:
