@@ -13,6 +13,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from pyterrier_matroyshka.errors import check_int
+
 ADAPTER_FILE = "adapter_model.safetensors"
 
 
@@ -35,6 +37,7 @@ def truncate_update(lora_a: torch.Tensor, lora_b: torch.Tensor, scale: float, ra
 def export_adapter(source: str | Path, target: str | Path, rank: int, dtype: torch.dtype = torch.float16) -> dict:
     """Write the rank-``rank`` version of the adapter in ``source`` to ``target``; returns a summary
     with the share of the update's energy kept."""
+    check_int("rank", rank, 1)
     source, target = Path(source), Path(target)
     config = json.loads((source / "adapter_config.json").read_text())
     source_rank, scale = config["r"], config["lora_alpha"] / config["r"]

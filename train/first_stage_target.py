@@ -29,6 +29,7 @@ from typing import Optional
 import numpy as np
 import pandas as pd
 
+from pyterrier_matroyshka.errors import UserError, numbered_lines
 from pyterrier_matroyshka.fusion import check_weight, interpolate, zscore_per_query
 from pyterrier_matroyshka.score_in_text import passages_with_scores
 
@@ -71,7 +72,7 @@ def add_first_stage_target(source: Path, output: Path, dataset: str, weight: flo
     (:mod:`pyterrier_matroyshka.score_in_text`), for a model that reads it as an input."""
     check_weight(weight)  # before the retrieval: 0 keeps the teacher, 1 is BM25 alone
     records = []
-    for n, line in enumerate(Path(source).read_text(encoding="utf-8").splitlines(), 1):
+    for n, line in numbered_lines(source):
         if not line.strip():
             continue
         group = parse_group(line, f"{source}:{n}")  # malformed lines and misaligned scores, with file:line
@@ -79,7 +80,7 @@ def add_first_stage_target(source: Path, output: Path, dataset: str, weight: flo
         missing = [k for k in ("qid", "pos_ids", "neg_ids") if k not in record]
         missing += [] if group.has_scores else ["pos_scores, neg_scores"]
         if missing:
-            raise ValueError(f"{source}:{n} lacks {', '.join(missing)}: give groups from `python -m train groups` "
+            raise UserError(f"{source}:{n} lacks {', '.join(missing)}: give groups from `python -m train groups` "
                              "with teacher scores from `python -m train teacher`")
         records.append(record)
     scores = bm25_scores(dataset, {str(r["qid"]): r["query"] for r in records}, depth)

@@ -15,6 +15,8 @@ import random
 
 import pandas as pd
 
+from pyterrier_matroyshka.errors import UserError
+
 from .groups import (CorpusIds, GroupsSummary, assemble_groups, doc_texts, load_dataset, pick_negatives,
                      ranked_docnos)
 
@@ -26,7 +28,7 @@ def titled_documents(ds, min_words: int = MIN_TITLE_WORDS) -> list[tuple[str, st
     sorted by id (whitespace normalised)."""
     fields = ds.docs_cls()._fields
     if "title" not in fields or "text" not in fields:
-        raise ValueError(f"title groups need documents with 'title' and 'text' fields; this collection has {fields}")
+        raise UserError(f"title groups need documents with 'title' and 'text' fields; this collection has {fields}")
     out = []
     for doc in ds.docs_iter():
         title = " ".join(str(doc.title or "").split())
@@ -46,11 +48,11 @@ def mine_title_groups(dataset: str, num_docs: int, retriever=None, *, num_negati
     the counts.
     """
     if num_docs < 1:
-        raise ValueError(f"num_docs must be at least 1, got {num_docs}")
+        raise UserError(f"num_docs must be at least 1, got {num_docs}")
     ds = load_dataset(dataset)
     titled = titled_documents(ds)
     if not titled:
-        raise ValueError(f"no document of {dataset} has a title of {MIN_TITLE_WORDS}+ words and a body")
+        raise UserError(f"no document of {dataset} has a title of {MIN_TITLE_WORDS}+ words and a body")
     chosen = random.Random(f"{seed}:titles").sample(titled, min(num_docs, len(titled)))
     topics = pd.DataFrame({"qid": [f"title:{d}" for d, _ in chosen], "query": [t for _, t in chosen]})
     if retriever is None:
