@@ -4,22 +4,58 @@
     rerank      re-rank a TREC run (or BM25 candidates) for a dataset and write a TREC run
     evaluate    nDCG@10 / RR@10 (or --measures) of TREC runs against a dataset's qrels
     experiment  BM25 top-k re-ranked at several shapes: a table of effectiveness, cost and time
+
+Bad input stops a command with one line and exit code 2; --debug shows the traceback.
 """
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import warnings
 from typing import Optional, Sequence
 
 import ir_measures
+from ir_measures import RR, nDCG
 
+from .errors import ArgumentParser, UserError, int_at_least, run_cli
+
+PROG = "python -m pyterrier_matroyshka"
 DEFAULT_SHAPES = ["L30", "L20", "L10", "L30:r2@4", "L30:r4@4"]
 
 
 def _weight_or_demo(text: str):
-    return text if text == "demo" else float(text)
+    """--fuse's value: 'demo' or a number in [0, 1]."""
+    if text == "demo":
+        return text
+    try:
+        weight = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number (give the first stage's share in [0, 1], "
+                                         "or no value for the demo model's)") from None
+    if not 0.0 <= weight <= 1.0:
+        raise argparse.ArgumentTypeError(f"fusion weight {weight:g} is outside [0, 1]: 0 keeps the re-ranker's "
+                                         "order, 1 the first stage's")
+    return weight
+
+
+def _shape(text: str) -> str:
+    """A shape string that parses (checked against the model's exits once it is loaded)."""
+    from .shape import Shape
+
+    try:
+        Shape.parse(text)
+    except UserError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+    return text
+
+
+def _measure(text: str):
+    try:
+        return ir_measures.parse_measure(text)
+    except Exception:  # ir_measures raises ValueError, NameError, ... for a name it does not know
+        raise argparse.ArgumentTypeError(f"unknown measure {text!r}; e.g. nDCG@10, RR@10, AP, R@100, P@5") from None
 
 
 def _model_args(parser: argparse.ArgumentParser) -> None:
@@ -33,8 +69,8 @@ def _model_args(parser: argparse.ArgumentParser) -> None:
                              "of the weights in memory (default: on for the demo model, off otherwise)")
     parser.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
     parser.add_argument("--device", default=None)
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--max-length", type=int, default=None, help="passage token budget (default 512; "
+    parser.add_argument("--batch-size", type=int_at_least(1), default=32)
+    parser.add_argument("--max-length", type=int_at_least(1), default=None, help="passage token budget (default 512; "
                                                                      "128 for the demo model)")
     parser.add_argument("--reference-compat", action="store_true", help="replay the reference's bugs B1 and B2")
     parser.add_argument("--score-in-text", action="store_true",
@@ -50,34 +86,37 @@ def _candidate_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dataset", required=True, help="ir_datasets id, e.g. cranfield, beir/scifact/test, "
                                                          "local/msmarco-passage-dl19")
     parser.add_argument("--run", default=None, help="TREC run of candidates (default: PISA BM25)")
-    parser.add_argument("--top-k", type=int, default=100, help="candidates per query")
-    parser.add_argument("--queries", type=int, default=None, help="only the first N queries (quick runs)")
+    parser.add_argument("--top-k", type=int_at_least(1), default=100, help="candidates per query")
+    parser.add_argument("--queries", type=int_at_least(1), default=None, help="only the first N queries (quick runs)")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m pyterrier_matroyshka", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-v", "--verbose", action="store_true")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an input error")
     commands = parser.add_subparsers(dest="command", required=True)
+    debug = ArgumentParser(add_help=False)
+    debug.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                       help="show the traceback of an input error")
 
-    seed = commands.add_parser("seed", help="seed ir_datasets from local archives")
+    seed = commands.add_parser("seed", help="seed ir_datasets from local archives", parents=[debug])
     seed.add_argument("--source", default=None, help="folder in the ../shared/data layout")
 
-    rerank = commands.add_parser("rerank", help="re-rank candidates and write a TREC run")
+    rerank = commands.add_parser("rerank", help="re-rank candidates and write a TREC run", parents=[debug])
     _candidate_args(rerank)
     _model_args(rerank)
-    rerank.add_argument("--shape", default=None, help="e.g. L30, L20:r2@4 (default: deepest exit)")
+    rerank.add_argument("--shape", type=_shape, default=None, help="e.g. L30, L20:r2@4 (default: deepest exit)")
     rerank.add_argument("--output", required=True, help="TREC run to write")
 
-    evaluate = commands.add_parser("evaluate", help="evaluate TREC runs")
+    evaluate = commands.add_parser("evaluate", help="evaluate TREC runs", parents=[debug])
     evaluate.add_argument("--dataset", required=True)
     evaluate.add_argument("runs", nargs="+")
-    evaluate.add_argument("--measures", nargs="*", default=["nDCG@10", "RR@10"])
+    evaluate.add_argument("--measures", nargs="+", type=_measure, default=[nDCG @ 10, RR @ 10])
 
-    experiment = commands.add_parser("experiment", help="compare shapes on a dataset")
+    experiment = commands.add_parser("experiment", help="compare shapes on a dataset", parents=[debug])
     _candidate_args(experiment)
     _model_args(experiment)
-    experiment.add_argument("--shapes", nargs="+", default=None,
+    experiment.add_argument("--shapes", nargs="+", type=_shape, default=None,
                             help=f"shapes to compare (default for 30 layers: {' '.join(DEFAULT_SHAPES)})")
     experiment.add_argument("--teacher", action="store_true", help="add the MiniLM cross-encoder as a row")
     return parser
@@ -89,7 +128,7 @@ def _scorer(args):
 
     options = dict(dtype=args.dtype, device=args.device, batch_size=args.batch_size,
                    reference_compat=args.reference_compat, verbose=args.verbose)
-    if args.max_length:
+    if args.max_length is not None:
         options["max_length"] = args.max_length
     if args.merge_compensation is not None:
         options["merge_compensation"] = args.merge_compensation
@@ -110,20 +149,36 @@ def _fusion_weight(args) -> Optional[float]:
         check_weight(args.fuse)
         return args.fuse
     if args.model is not None:
-        raise SystemExit("--fuse without a weight means the demo model's weight; for --model give one, "
-                         "e.g. --fuse 0.3, chosen on held-out training queries")
+        raise UserError("--fuse without a weight means the demo model's weight; for --model give one, "
+                        "e.g. --fuse 0.3, chosen on held-out training queries")
     return DEMO_FUSION_WEIGHT
 
 
 def _candidates(args):
     from .shape_comparison import first_stage
 
+    if args.run is not None and not os.path.isfile(args.run):
+        raise UserError(f"run file {args.run} does not exist" if not os.path.exists(args.run)
+                        else f"run file {args.run} is not a file")
     candidates = first_stage(args.dataset, args.top_k, args.run)
+    given = len(candidates)
     candidates = candidates[candidates["rank"] < args.top_k]
     if args.queries:
         keep = list(dict.fromkeys(candidates["qid"]))[: args.queries]
         candidates = candidates[candidates["qid"].isin(keep)]
+    if len(candidates) < given:  # rows left out on purpose are counted, never dropped silently
+        print(f"kept {len(candidates)} of {given} candidate rows (--top-k {args.top_k}"
+              + (f", --queries {args.queries})" if args.queries else ")"), file=sys.stderr)
     return candidates.reset_index(drop=True)
+
+
+def _check_output(path: str) -> None:
+    """The run can be written where asked: checked before any scoring."""
+    folder = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        raise UserError(f"--output {path} is a folder; give a file name, e.g. {os.path.join(path, 'run.txt')}")
+    if not os.path.isdir(folder):
+        raise UserError(f"--output {path}: the folder {folder} does not exist")
 
 
 def cmd_seed(args) -> None:
@@ -137,6 +192,8 @@ def cmd_rerank(args) -> None:
     from .trec import write_trec_run
 
     weight = _fusion_weight(args)
+    _check_output(args.output)
+    candidates = _candidates(args)  # the data, checked before the model loads
     reranker = MatroyshkaReRanker(scorer=_scorer(args), shape=args.shape, verbose=args.verbose,
                                   score_in_text=args.score_in_text)
     name = f"matroyshka-{reranker.shape}"
@@ -144,7 +201,9 @@ def cmd_rerank(args) -> None:
         from .fusion import FirstStageFusion
 
         reranker, name = FirstStageFusion(reranker, weight), f"{name}-fused{weight:g}"
-    result = reranker(_candidates(args))
+    result = reranker(candidates)
+    if len(result) != len(candidates):  # never write a run that lost rows
+        raise RuntimeError(f"the re-ranker returned {len(result)} rows for {len(candidates)} candidates")
     path = write_trec_run(result, args.output, run_name=name)
     print(f"wrote {len(result)} rows for {result['qid'].nunique()} queries to {path}")
 
@@ -156,9 +215,9 @@ def cmd_evaluate(args) -> None:
 
     import pandas as pd
 
-    measures = [ir_measures.parse_measure(m) for m in args.measures]
+    runs = {run: read_trec_run(run) for run in args.runs}  # every file checked before the qrels load
     qrels = pt_dataset(args.dataset).get_qrels()
-    rows = [{"run": run, **evaluate(read_trec_run(run), qrels, measures)} for run in args.runs]
+    rows = [{"run": run, **evaluate(frame, qrels, args.measures)} for run, frame in runs.items()]
     print(format_table(pd.DataFrame(rows)))
 
 
@@ -168,14 +227,16 @@ def cmd_experiment(args) -> None:
     from .reranker import MatroyshkaReRanker
 
     weight = _fusion_weight(args)
+    candidates = _candidates(args)  # the data, checked before the model loads
     reranker = MatroyshkaReRanker(scorer=_scorer(args), verbose=args.verbose, score_in_text=args.score_in_text)
     shapes = args.shapes or default_shapes(reranker.scorer.exits)
+    for shape in shapes:
+        reranker.with_shape(shape)  # every shape against the model's exits, before any scoring
     extra = {}
     if args.teacher:
         from .offline.minilm import MiniLMCrossEncoder
 
         extra["MiniLM-L12 teacher"] = MiniLMCrossEncoder()
-    candidates = _candidates(args)
     table = compare_shapes(reranker, shapes, candidates, pt_dataset(args.dataset).get_qrels(), extra=extra,
                            fusion_weight=weight)
     print(f"\n{args.dataset}: {candidates['qid'].nunique()} queries, top {args.top_k} candidates, "
@@ -193,8 +254,11 @@ def default_shapes(exits: Sequence[int]) -> list[str]:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run one command; bad input raises :class:`~pyterrier_matroyshka.errors.UserError` (see :func:`cli`)."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
+    if not args.verbose:  # ir_datasets logs every docstore it opens
+        logging.getLogger("ir_datasets").setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", message=".*Pandas4Warning.*")
     try:
         import transformers
@@ -207,5 +271,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     return 0
 
 
+def cli(argv: Optional[Sequence[str]] = None) -> int:
+    """The command line: :func:`main`, with bad input reported as one line and exit code 2."""
+    return run_cli(main, argv, prog=PROG)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli())
