@@ -11,6 +11,7 @@ Three sources, all through transformers' own loaders (safetensors, no remote cod
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -19,7 +20,7 @@ from pathlib import Path
 from typing import Mapping, Optional, Sequence, Union
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from torch import nn
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, PretrainedConfig
 from transformers.utils import cached_file
@@ -64,18 +65,42 @@ def load_model(name_or_path: str, *, adapters: AdapterSpec = None, merge_adapter
         where = (f"the folder {source} holds no readable config.json" if os.path.isdir(source)
                  else f"{name_or_path!r} is not a local folder and could not be fetched")
         raise UserError(f"cannot load a model: {where} ({' '.join(str(err).split())[:200]})") from err
-    tokenizer = load_tokenizer(source)
-    if config_dict.get("layer_wise"):
-        model = _load_released(source, config_dict, dtype)
-    else:
-        model = _load_raw(source, tokenizer, dtype, start_layer, layer_sep)
+    with _reading(source, "tokenizer", ValueError):
+        tokenizer = load_tokenizer(source)
+    with _reading(source, "weights"):
+        if config_dict.get("layer_wise"):
+            model = _load_released(source, config_dict, dtype)
+        else:
+            model = _load_raw(source, tokenizer, dtype, start_layer, layer_sep)
     model = apply_adapters(model, adapters, merge=merge_adapters)
     if switchable:
         if not merge_adapters:
             raise UserError("switchable adapters go on top of merged ones; with merge_adapters=False list them all "
-                             "in adapters")
+                            "in adapters")
         model = apply_adapters(model, switchable, merge=False)
-    return model.to(device).eval(), tokenizer
+    model = model.to(device).eval()
+    check_finite_weights(model, source)
+    return model, tokenizer
+
+
+@contextlib.contextmanager
+def _reading(source: str, what: str, *also: type):
+    """A file that cannot be read (truncated safetensors, malformed JSON, ...) as a :class:`UserError` naming it."""
+    try:
+        yield
+    except UserError:
+        raise
+    except (OSError, SafetensorError, json.JSONDecodeError, *also) as err:
+        raise UserError(f"{source}: cannot read its {what} ({' '.join(str(err).split())[:240]}): the files are "
+                        "damaged or incomplete") from err
+
+
+def check_finite_weights(model: nn.Module, source: str) -> None:
+    """Refuse a model (with its adapters) whose weights hold NaN or infinity: every score would be NaN."""
+    bad = [name for name, p in model.named_parameters() if not bool(torch.isfinite(p).all())]
+    if bad:
+        raise UserError(f"{source}: {len(bad)} weight tensor(s) hold NaN or infinity, e.g. {', '.join(bad[:3])}: "
+                        "the checkpoint or an adapter is damaged")
 
 
 #: what a Hugging Face hub id looks like: ``name`` or ``namespace/name``
@@ -250,10 +275,8 @@ def apply_adapters(model: MatroyshkaModel, adapters: AdapterSpec, merge: bool = 
     peft_model = None
     for name, path in items:
         _check_adapter_note(model, path)
-        try:
+        with _reading(path, "adapter config", ValueError):
             config = PeftConfig.from_pretrained(path)
-        except (OSError, ValueError) as err:
-            raise UserError(f"cannot read adapter {path}: {' '.join(str(err).split())[:200]}") from err
         config.task_type = None  # a plain PeftModel: the wrapper is not a generation model
         config.inference_mode = True
         try:
@@ -261,10 +284,13 @@ def apply_adapters(model: MatroyshkaModel, adapters: AdapterSpec, merge: bool = 
                 peft_model = PeftModel.from_pretrained(model, path, adapter_name=name, config=config)
             else:
                 peft_model.load_adapter(path, adapter_name=name, peft_config=config)
+        except (OSError, SafetensorError) as err:
+            raise UserError(f"{path}: cannot read the adapter weights ({' '.join(str(err).split())[:240]}): the "
+                            "files are damaged or incomplete") from err
         except (RuntimeError, ValueError) as err:
             raise UserError(f"adapter {path} does not fit this model ({model.config.model_type}, "
-                             f"{model.num_layers} layers, hidden {model.config.hidden_size}, "
-                             f"{len(model.exit_depths)} heads): {err}") from err
+                            f"{model.num_layers} layers, hidden {model.config.hidden_size}, "
+                            f"{len(model.exit_depths)} heads): {err}") from err
         _check_adapter_loaded(peft_model, name, path)
         if merge:
             model = peft_model.merge_and_unload()

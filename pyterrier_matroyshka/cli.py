@@ -162,6 +162,8 @@ def _candidates(args):
                         else f"run file {args.run} is not a file")
     candidates = first_stage(args.dataset, args.top_k, args.run)
     given = len(candidates)
+    if given == 0:
+        raise UserError(f"no candidates to re-rank: {args.run or 'the first stage'} gave no rows for {args.dataset}")
     candidates = candidates[candidates["rank"] < args.top_k]
     if args.queries:
         keep = list(dict.fromkeys(candidates["qid"]))[: args.queries]

@@ -97,9 +97,15 @@ def first_stage_scores(candidates: pd.DataFrame, reranked: pd.DataFrame) -> np.n
     if duplicated.any():
         row = candidates[duplicated].iloc[0]
         raise UserError(f"candidates hold (qid {row['qid']!r}, docno {row['docno']!r}) more than once "
-                         f"({int(duplicated.sum())} duplicate row(s)); drop duplicates before fusing")
+                        f"({int(duplicated.sum())} duplicate row(s)); drop duplicates before fusing")
     check_finite_scores(candidates, "first-stage")
     check_finite_scores(reranked, "re-ranker")
+    lost = candidates[keys].merge(reranked[keys].drop_duplicates(), how="left", indicator=True)["_merge"] == "left_only"
+    if lost.any():
+        row = candidates[keys].iloc[int(lost.to_numpy().nonzero()[0][0])]
+        raise UserError(f"the re-ranker dropped {int(lost.sum())} of {len(candidates)} candidate rows, e.g. qid "
+                        f"{row['qid']!r}, docno {row['docno']!r}; fusion keeps every candidate, so the re-ranker "
+                        "must return them all")
     lookup = candidates.set_index(keys)["score"]
     first = lookup.reindex(pd.MultiIndex.from_frame(reranked[keys])).to_numpy(dtype=float)
     if np.isnan(first).any():

@@ -42,13 +42,13 @@ class MatroyshkaModel(nn.Module):
         if model_type not in SUPPORTED_BACKBONES or not all(
                 hasattr(backbone, a) for a in ("embed_tokens", "layers", "norm", "rotary_emb")):
             raise UserError(f"unsupported backbone architecture {model_type!r}: the Matroyshka forward drives "
-                             f"decoder layers of {', '.join(SUPPORTED_BACKBONES)} models")
+                            f"decoder layers of {', '.join(SUPPORTED_BACKBONES)} models")
         self.model = backbone
         self.lm_head = heads
         self.start_layer, self.layer_sep = start_layer, layer_sep
         if len(heads) != len(self.exit_depths):
             raise UserError(f"{len(heads)} heads for exits {self.exit_depths} (start_layer {start_layer}, "
-                             f"layer_sep {layer_sep}, {self.num_layers} layers): the checkpoint and its config disagree")
+                            f"layer_sep {layer_sep}, {self.num_layers} layers): the checkpoint and its config disagree")
         self.gradient_checkpointing = False
         # The layer-by-layer loop passes its own mask; SDPA works with it, eager would also.
         backbone.config._attn_implementation = "sdpa"

@@ -187,6 +187,8 @@ class MatroyshkaScorer:
     def flops(self, shape: Optional[ShapeLike] = None, query_len: int = 16, passage_len: int = 96,
               prompt_len: Optional[int] = None) -> float:
         """Estimated forward FLOPs per pair for ``shape`` at the given token lengths."""
+        for name, length in (("query_len", query_len), ("passage_len", passage_len), ("prompt_len", prompt_len)):
+            check_int(name, length, 0, optional=name == "prompt_len")
         shape = Shape.coerce(shape) if shape is not None else self.shape
         if prompt_len is None:
             encoder = self.encoder()

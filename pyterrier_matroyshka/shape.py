@@ -92,11 +92,11 @@ class Shape:
         missing = [e for e in self.exits if e not in available_exits]
         if missing:
             raise UserError(f"shape {self}: exit(s) {missing} not among the model's exits "
-                             f"{_span(available_exits)}; pick exits from that list")
+                            f"{_span(available_exits)}; pick exits from that list")
         late = [c for c in self.compress_layers if not 1 <= c < self.depth]
         if late:
             raise UserError(f"shape {self}: compression layer(s) {late} must lie in 1..{self.depth - 1} "
-                             f"(before the deepest exit {self.depth}); layers at or after it would never run")
+                            f"(before the deepest exit {self.depth}); layers at or after it would never run")
         return self
 
     def tokens_per_block(self, passage_len: int, fixed_len: int) -> list[int]:

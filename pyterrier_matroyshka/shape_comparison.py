@@ -33,6 +33,8 @@ def first_stage(dataset: str, num_results: int = 100, run: Optional[str] = None)
         from .trec import read_trec_run
 
         frame = read_trec_run(run)
+        if frame.empty:
+            raise UserError(f"run file {run} holds no lines: nothing to re-rank")
         unknown = list(dict.fromkeys(frame.loc[~frame["qid"].isin(set(topics["qid"])), "qid"]))
         if unknown:  # an inner merge would drop their rows without a word
             raise UserError(f"{run}: {len(unknown)} qid(s) are not among the topics of {dataset}: {unknown[:5]}; "

@@ -185,6 +185,28 @@ def test_a_config_that_disagrees_with_its_weights_is_refused(tiny_checkpoint, tm
         load_model(str(damaged))
 
 
+def test_non_finite_weights_are_refused_by_name(tiny_checkpoint, tmp_path):
+    def poison(tensors):
+        tensors["model.layers.4.self_attn.o_proj.weight"][3, 5] = float("nan")
+
+    damaged = _damaged_copy(tiny_checkpoint, tmp_path / "m", edit=poison)
+    with pytest.raises(UserError, match=r"1 weight tensor\(s\) hold NaN or infinity, e.g. model\.layers\.4\.self_attn"):
+        load_model(str(damaged))
+
+
+def test_a_truncated_weights_file_is_named(tiny_checkpoint, tmp_path):
+    damaged = _damaged_copy(tiny_checkpoint, tmp_path / "m")
+    data = (damaged / "model.safetensors").read_bytes()
+    (damaged / "model.safetensors").write_bytes(data[: len(data) // 2])
+    with pytest.raises(UserError, match="cannot read its weights .*damaged or incomplete"):
+        load_model(str(damaged))
+    adapter = tmp_path / "adapter"
+    shutil.copytree(tiny_checkpoint / "compensate/layer/full", adapter)
+    (adapter / "adapter_config.json").write_text("{ not json")
+    with pytest.raises(UserError, match="cannot read its adapter config"):
+        load_model(str(tiny_checkpoint), adapters=[str(adapter)])
+
+
 def test_a_mis_shaped_head_is_refused(tiny_checkpoint, tmp_path):
     damaged = _damaged_copy(tiny_checkpoint, tmp_path / "m", edit=lambda t: t.update(
         {"lm_head.2.linear_head.weight": torch.zeros(64)}))
@@ -352,6 +374,14 @@ def test_a_non_finite_first_stage_score_is_refused_by_qid_and_docno(candidates, 
         fuse(first, reranked, 0.5)
     with pytest.raises(UserError, match="re-ranker score is .* for qid 'q2', docno 'd3'"):
         fuse(candidates, reranked.assign(score=[0.1, 0.2, bad, 0.4]), 0.5)
+
+
+def test_a_reranker_that_drops_rows_cannot_be_fused(candidates):
+    reranked = candidates.assign(score=[0.1, 0.2, 0.3, 0.4]).iloc[[0, 1, 3]]
+    with pytest.raises(UserError, match="dropped 1 of 4 candidate rows, e.g. qid 'q2', docno 'd3'"):
+        fuse(candidates, reranked, 0.5)
+    with pytest.raises(UserError, match="dropped 1 of 4"):
+        FirstStageFusion(pt.apply.generic(lambda frame: frame.iloc[1:]), 0.5)(candidates)
 
 
 def test_huge_first_stage_scores_keep_their_share_of_the_fusion(candidates):

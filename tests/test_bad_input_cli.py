@@ -69,6 +69,8 @@ def runs(bm25_run, tmp_path) -> dict[str, Path]:
         paths[name].write_text("".join(content))
     paths["latin1"] = tmp_path / "latin1.run"
     paths["latin1"].write_bytes(bm25_run.read_bytes().replace(b" Q0 ", b" Q\xe90 ", 1))
+    paths["empty"] = tmp_path / "empty.run"
+    paths["empty"].write_text("\n")
     paths["bom"] = tmp_path / "bom.run"
     paths["bom"].write_bytes(b"\xef\xbb\xbf" + bm25_run.read_bytes())
     return paths
@@ -128,6 +130,7 @@ def test_a_bug_keeps_its_traceback():
     (["rerank", "--dataset", "cranfield", "--run", "{malformed}"], "malformed.run, line 2: expected 6 fields"),
     (["rerank", "--dataset", "cranfield", "--run", "{latin1}"], r"latin1.run, line 1: byte 0xe9 at column 4"),
     (["rerank", "--dataset", "cranfield", "--run", "{missing}"], "run file .*missing.run does not exist"),
+    (["rerank", "--dataset", "cranfield", "--run", "{empty}"], "run file .*empty.run holds no lines"),
     (["rerank", "--dataset", "no/such/dataset", "--run", "{bm25}"], "unknown dataset 'no/such/dataset'"),
     (["rerank", "--dataset", "cranfield", "--run", "{bm25}", "--shape", "L8.5"], "cannot parse shape 'L8.5'"),
     (["rerank", "--dataset", "cranfield", "--run", "{bm25}", "--output", "{nowhere}"], "the folder .* does not exist"),

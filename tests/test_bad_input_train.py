@@ -138,6 +138,7 @@ def test_a_malformed_config_file_names_its_line(groups, tmp_path, capsys):
     (dict(neg=[], neg_scores=[]), r"g.jsonl:1: query 'apple banana cherry' has no negatives"),
     (dict(neg_scores=[1.0, float("nan"), 0.0]), r"g.jsonl:1: 'neg_scores'\[1\] is nan"),
     (dict(pos_scores=[float("inf")]), r"g.jsonl:1: 'pos_scores'\[0\] is inf"),
+    (dict(pos_scores=[1e39]), r"g.jsonl:1: 'pos_scores'\[0\] is 1e\+39 .* not finite in float32"),
     (dict(pos_scores=[True]), r"g.jsonl:1: 'pos_scores' must be a list of numbers"),
     (dict(neg=["fine", "broken \ud800 text", "fine"]), r"g.jsonl:1: 'neg'\[1\] holds a lone surrogate"),
     (dict(query=None), "g.jsonl:1: missing or non-string 'query'"),
@@ -170,6 +171,13 @@ def test_missing_training_data_is_named(tmp_path, capsys):
     assert code == 2 and "none.jsonl does not exist" in err
 
 
+def test_budgets_that_leave_no_passage_are_refused(raw_llama, groups, tmp_path):
+    config = load_config("stage1", None, stage_args(raw_llama, groups, tmp_path / "out", "--query_max_len", "4",
+                                                    "--passage_max_len", "4"))
+    with pytest.raises(UserError, match="leave no room for a passage beside the .*-token prompt"):
+        Trainer(config)
+
+
 def test_a_model_folder_that_does_not_exist_is_named_before_loading(groups, tmp_path, capsys):
     code, err = run_train_cli(["stage1", *stage_args(NO_MODEL, groups, tmp_path / "out")], capsys)
     assert code == 2 and f"model folder {NO_MODEL} does not exist" in err
@@ -191,13 +199,16 @@ def test_a_model_folder_that_does_not_exist_is_named_before_loading(groups, tmp_
      r"must be >= 0 and <= 1"),
     (["export", "--adapter", "{missing}", "--output", "{out}", "--rank", "0"], "0 is below 1"),
     (["export", "--adapter", "{missing}", "--output", "{out}", "--rank", "2"], "adapter config .* does not exist"),
+    (["export", "--adapter", "{broken_adapter}", "--output", "{out}", "--rank", "2"], "cannot read the adapter in"),
     (["nonsense"], "unknown command 'nonsense'"),
     ([], "no command given"),
 ])
 def test_other_commands_fail_in_one_line(groups, tmp_path, capsys, argv, message):
     (tmp_path / "empty.jsonl").write_text("\n")
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "adapter_config.json").write_text('{"r": 4}')
     paths = {"empty": tmp_path / "empty.jsonl", "groups": groups, "missing": tmp_path / "missing.jsonl",
-             "out": tmp_path / "out.jsonl"}
+             "out": tmp_path / "out.jsonl", "broken_adapter": tmp_path / "broken"}
     code, err = run_train_cli([a.format(**paths) for a in argv], capsys)
     assert code == 2 and len(err.strip().splitlines()) == 1
     assert re.search(message, err), err

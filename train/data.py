@@ -29,6 +29,7 @@ from pyterrier_matroyshka.prompt import PromptEncoder
 log = logging.getLogger(__name__)
 
 PathLike = Union[str, Path]
+FLOAT32_MAX = float(torch.finfo(torch.float32).max)  #: teacher scores are used in float32
 
 
 @dataclass(frozen=True)
@@ -88,10 +89,11 @@ def _scores(record: dict, key: str, texts: tuple[str, ...], where: str) -> Optio
         return None
     if not isinstance(value, list) or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
         raise UserError(f"{where}: '{key}' must be a list of numbers, got {str(value)[:80]}")
-    bad = [i for i, v in enumerate(value) if not math.isfinite(v)]
+    bad = [i for i, v in enumerate(value) if not (math.isfinite(v) and abs(v) <= FLOAT32_MAX)]
     if bad:
-        raise UserError(f"{where}: '{key}'[{bad[0]}] is {value[bad[0]]} ({len(bad)} non-finite score(s)): teacher "
-                        "scores must be finite numbers; rescore this group (python -m train teacher) or drop it")
+        raise UserError(f"{where}: '{key}'[{bad[0]}] is {value[bad[0]]} ({len(bad)} score(s) not finite in float32): "
+                        "teacher scores must be finite numbers; rescore this group (python -m train teacher) or "
+                        "drop it")
     if len(value) != len(texts):
         text_key = key.removesuffix("_scores")
         raise UserError(f"{where}: query {record.get('query')!r} has {len(value)} {key} for "
@@ -161,7 +163,7 @@ def sample_group(group: Group, group_size: int, rng: random.Random) -> Sample:
     pool = list(range(len(group.neg)))
     if need and not pool:
         raise UserError(f"{group.source}: query {group.query!r} has no negatives; a group of {group_size} needs "
-                         f"{need}")
+                        f"{need}")
     repeated = len(pool) < need
     if repeated:
         pool = pool * math.ceil(need / len(pool))
@@ -189,7 +191,7 @@ class GroupBatches:
         self.repeated = 0  # groups sampled with repeated negatives so far (this rank)
         if self.per_epoch == 0:
             raise UserError(f"{len(self.groups)} groups cannot fill one micro-batch of {batch_size} queries on "
-                             f"{world} rank(s)")
+                            f"{world} rank(s)")
 
     @property
     def per_epoch(self) -> int:
@@ -252,5 +254,5 @@ def require_teacher_scores(groups: Iterable[Group]) -> None:
     for group in groups:
         if not group.has_scores:
             raise UserError(f"{group.source}: query {group.query!r} has no pos_scores/neg_scores, but the config "
-                             "asks for external distillation (kd_external); add them with `python -m train teacher` "
-                             "or set kd_external false")
+                            "asks for external distillation (kd_external); add them with `python -m train teacher` "
+                            "or set kd_external false")

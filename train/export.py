@@ -11,9 +11,10 @@ import shutil
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from pyterrier_matroyshka.errors import check_int
+from pyterrier_matroyshka.errors import UserError, check_int
 
 ADAPTER_FILE = "adapter_model.safetensors"
 
@@ -39,9 +40,12 @@ def export_adapter(source: str | Path, target: str | Path, rank: int, dtype: tor
     with the share of the update's energy kept."""
     check_int("rank", rank, 1)
     source, target = Path(source), Path(target)
-    config = json.loads((source / "adapter_config.json").read_text())
-    source_rank, scale = config["r"], config["lora_alpha"] / config["r"]
-    weights = load_file(str(source / ADAPTER_FILE))
+    try:
+        config = json.loads((source / "adapter_config.json").read_text())
+        source_rank, scale = config["r"], config["lora_alpha"] / config["r"]
+        weights = load_file(str(source / ADAPTER_FILE))
+    except (OSError, ValueError, KeyError, TypeError, SafetensorError) as err:
+        raise UserError(f"cannot read the adapter in {source} ({err}): give a PEFT LoRA adapter folder") from err
     out, kept, total = {}, 0.0, 0.0
     for name in weights:
         if ".lora_A." not in name:

@@ -81,7 +81,7 @@ def add_first_stage_target(source: Path, output: Path, dataset: str, weight: flo
         missing += [] if group.has_scores else ["pos_scores, neg_scores"]
         if missing:
             raise UserError(f"{source}:{n} lacks {', '.join(missing)}: give groups from `python -m train groups` "
-                             "with teacher scores from `python -m train teacher`")
+                            "with teacher scores from `python -m train teacher`")
         records.append(record)
     scores = bm25_scores(dataset, {str(r["qid"]): r["query"] for r in records}, depth)
     unmatched = 0

@@ -51,5 +51,7 @@ def holdout_report(data: Sequence[str], model: str, adapters: Sequence[str], sha
         raise UserError(f"no groups in {', '.join(map(str, data))}: the holdout files are empty")
     scorer = MatroyshkaScorer(model, adapters=list(adapters) or None, max_length=max_length,
                               batch_size=batch_size, dtype=dtype)
+    for shape in shapes:  # every shape against the model's exits before any scoring
+        Shape.parse(shape).validate(scorer.exits)
     return {shape: evaluate_groups(scorer, groups, shape) for shape in shapes}
 

@@ -27,7 +27,7 @@ def candidate_layers(num_layers: int, start_layer: int, layers: Optional[Sequenc
     bad = [c for c in layers if not isinstance(c, int) or not 1 <= c < num_layers]
     if bad:
         raise UserError(f"compress_layers {bad} not in this {num_layers}-layer model: a compression layer is a "
-                         f"block index in 1..{num_layers - 1} (compression happens before that block)")
+                        f"block index in 1..{num_layers - 1} (compression happens before that block)")
     return sorted(set(layers))
 
 

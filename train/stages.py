@@ -113,7 +113,7 @@ def load_initial_adapter(peft_model, folder: str) -> None:
     result = set_peft_model_state_dict(peft_model, weights)
     if result.unexpected_keys:
         raise UserError(f"init_adapter {folder} does not fit this LoRA (rank or targets differ): "
-                         f"{sorted(result.unexpected_keys)[:3]}...")
+                        f"{sorted(result.unexpected_keys)[:3]}...")
     log.info("LoRA initialised from %s", folder)
 
 
@@ -156,6 +156,7 @@ class Trainer:
         self.anchor_shape = self._anchor_shape()
         self.encoder = PromptEncoder.for_training(self.tokenizer, config.prompt, config.query_max_len,
                                                   config.passage_max_len)
+        self._check_passage_room()
         self.model = self._wrap_ddp()
         params = [p for p in self.peft_model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
@@ -165,6 +166,16 @@ class Trainer:
         self.step = 0
         self.bugs = frozenset(config.reference_bugs)
         self.history: list[dict] = []
+
+    def _check_passage_room(self) -> None:
+        """The token budgets leave the passage at least one token next to the prompt, BOS, a one-token query
+        and the separator: else every passage would be cut away without a word."""
+        encoder, c = self.encoder, self.config
+        room = encoder.joint_max_tokens - len(encoder.bos) - 1 - len(encoder.sep)
+        if room < 1:
+            raise UserError(f"--query_max_len {c.query_max_len} + --passage_max_len {c.passage_max_len} tokens leave "
+                            f"no room for a passage beside the {len(encoder.prompt_ids())}-token prompt; raise "
+                            "--passage_max_len")
 
     def _train_exits(self, available: list[int]) -> list[int]:
         wanted = self.config.train_exits or available
@@ -231,7 +242,7 @@ class Trainer:
         changed = {k: (state.get(k), v) for k, v in expected.items() if state.get(k) != v}
         if changed:
             raise UserError(f"cannot resume {path}: settings changed since it was saved {changed} (saved, now); "
-                             "the data order would differ. Use the same settings or --resume false")
+                            "the data order would differ. Use the same settings or --resume false")
         self.step = state["step"]
         log.info("resumed from %s at step %d/%d", path, self.step, self.total_steps)
 
@@ -309,6 +320,10 @@ class Trainer:
                  "autocast %s; shapes from ratios %s over layers %s", c.stage, len(self.groups), self.total_steps,
                  c.grad_accum, c.batch_size, c.group_size, self.runtime.world, self.runtime.autocast,
                  c.ratios, self.sampler.layers)
+        left_out = len(self.groups) - self.batches.per_epoch * c.batch_size * self.runtime.world
+        if left_out:
+            log.info("%d of %d groups are left out of each epoch (an incomplete last micro-batch; another set each "
+                     "epoch)", left_out, len(self.groups))
         while self.step < self.total_steps:
             record = self.train_step()
             self._log(record)

@@ -118,6 +118,8 @@ def text_loader(dataset: str, text_fields: Sequence[str] | None = None, text_fie
     loader = pt.text.get_text(pt_dataset(dataset), fields)
 
     def add_text(df: pd.DataFrame) -> pd.DataFrame:
+        if df.empty:
+            return df.assign(**{text_field: pd.Series(dtype=object)})
         try:
             df = loader(df)
         except KeyError:
