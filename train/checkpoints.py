@@ -1,7 +1,7 @@
 """Periodic training checkpoints and resume, in safe formats only.
 
 A checkpoint folder ``checkpoint-<step>`` holds the adapter (loadable by the engine as it is), ``resume.safetensors``
-(every tensor of the run's state: trainable weights, optimizer moments, the torch random state) and
+(every tensor of the run's state: trainable weights, optimizer moments, the torch and CUDA random states) and
 ``resume.json`` (the rest: optimizer hyper-parameters, scheduler, Python's random state, with each tensor's
 place). Nothing is pickled, so loading a checkpoint never runs code from the file. ``trainer_state.json`` is
 written last: a folder without it is an interrupted save and is ignored. A ``trainer.pt`` (the pickle of older
@@ -71,6 +71,7 @@ def save_checkpoint(folder: Path, peft_model, optimizer, scheduler, state: dict[
     tensors: dict[str, torch.Tensor] = {}
     rest = to_safe({"trainable": trainable_state(peft_model), "optimizer": optimizer.state_dict(),
                     "scheduler": scheduler.state_dict(), "torch_rng": torch.get_rng_state(),
+                    "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
                     "python_rng": random.getstate()}, tensors, "state")
     save_file(tensors, str(target / TENSORS_FILE))
     (target / REST_FILE).write_text(json.dumps(rest))
@@ -123,5 +124,8 @@ def load_checkpoint(path: Path, peft_model, optimizer, scheduler) -> dict[str, A
         raise UserError(f"{path}: checkpoint does not fit this model ({' '.join(str(err).split())[:300]})") from err
     scheduler.load_state_dict(saved["scheduler"])
     torch.set_rng_state(saved["torch_rng"])
+    cuda_rng = saved.get("cuda_rng") or []
+    if cuda_rng and torch.cuda.is_available() and len(cuda_rng) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(cuda_rng)  # dropout on a GPU draws from these
     random.setstate(saved["python_rng"])
     return json.loads((path / STATE_FILE).read_text())
