@@ -6,7 +6,7 @@ from .scorer import MatroyshkaScorer
 from .shape import BackboneDims, Shape
 
 __version__ = "0.1.0"
-__all__ = ["MatroyshkaReRanker", "FirstStageFusion", "MatroyshkaScorer", "Shape", "BackboneDims", "PromptEncoder",
+__all__ = ["MatroyshkaReRanker", "FirstStageFusion", "MatroyshkaCache", "MatroyshkaScorer", "Shape", "BackboneDims", "PromptEncoder",
            "DEFAULT_PROMPT", "load_model"]
 
 
@@ -21,4 +21,8 @@ def __getattr__(name: str):
         from .fusion import FirstStageFusion
 
         return FirstStageFusion
+    if name == "MatroyshkaCache":
+        from .caching import MatroyshkaCache
+
+        return MatroyshkaCache
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

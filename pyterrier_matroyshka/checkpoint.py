@@ -6,18 +6,16 @@ Three sources, all through transformers' own loaders (safetensors, no remote cod
   holding ``lm_head.{i}.linear_head.weight`` (e.g. ``BAAI/Matroyshka-ReRanker-passage``);
 * a **raw base LM** (Mistral, Llama, Qwen2, ...): one head per exit, each a copy of the LM-head row
   of the token "Yes" (the reference's ``from_raw``);
-* on top of either, **PEFT LoRA adapters**, merged in order as the released usage does, or kept
-  unmerged under names so a call can choose which are active.
+* on top of either, **PEFT LoRA adapters** (:mod:`pyterrier_matroyshka.adapters`), merged in order as the
+  released usage does, or kept unmerged under names so a call can choose which are active.
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
-import re
 from pathlib import Path
-from typing import Mapping, Optional, Sequence, Union
+from typing import Optional, Sequence, Union
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -25,13 +23,13 @@ from torch import nn
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, PretrainedConfig
 from transformers.utils import cached_file
 
-from .errors import UserError, check_int
+from .adapters import AdapterSpec, apply_adapters, check_adapter_folders
+from .errors import UserError, check_int, check_local, unreadable
 from .model import ExitHead, MatroyshkaModel
 from .tokenizer import load_tokenizer
 
 log = logging.getLogger(__name__)
 
-AdapterSpec = Union[None, str, Sequence[str], Mapping[str, str]]
 DEFAULT_START_LAYER = 4
 
 
@@ -65,9 +63,9 @@ def load_model(name_or_path: str, *, adapters: AdapterSpec = None, merge_adapter
         where = (f"the folder {source} holds no readable config.json" if os.path.isdir(source)
                  else f"{name_or_path!r} is not a local folder and could not be fetched")
         raise UserError(f"cannot load a model: {where} ({' '.join(str(err).split())[:200]})") from err
-    with _reading(source, "tokenizer", ValueError):
+    with unreadable(source, "tokenizer", OSError, ValueError):
         tokenizer = load_tokenizer(source)
-    with _reading(source, "weights"):
+    with unreadable(source, "weights", OSError, SafetensorError, json.JSONDecodeError):
         if config_dict.get("layer_wise"):
             model = _load_released(source, config_dict, dtype)
         else:
@@ -83,44 +81,12 @@ def load_model(name_or_path: str, *, adapters: AdapterSpec = None, merge_adapter
     return model, tokenizer
 
 
-@contextlib.contextmanager
-def _reading(source: str, what: str, *also: type):
-    """A file that cannot be read (truncated safetensors, malformed JSON, ...) as a :class:`UserError` naming it."""
-    try:
-        yield
-    except UserError:
-        raise
-    except (OSError, SafetensorError, json.JSONDecodeError, *also) as err:
-        raise UserError(f"{source}: cannot read its {what} ({' '.join(str(err).split())[:240]}): the files are "
-                        "damaged or incomplete") from err
-
-
 def check_finite_weights(model: nn.Module, source: str) -> None:
     """Refuse a model (with its adapters) whose weights hold NaN or infinity: every score would be NaN."""
     bad = [name for name, p in model.named_parameters() if not bool(torch.isfinite(p).all())]
     if bad:
         raise UserError(f"{source}: {len(bad)} weight tensor(s) hold NaN or infinity, e.g. {', '.join(bad[:3])}: "
                         "the checkpoint or an adapter is damaged")
-
-
-#: what a Hugging Face hub id looks like: ``name`` or ``namespace/name``
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
-
-
-def check_local(path, what: str = "model folder") -> str:
-    """``path`` as a string, refused with a clear error when it names a local folder that is not there
-    (a path that exists, starts with ``/``, ``.`` or ``~``, or has more parts than a hub id ``org/name``)
-    or a file; a string that may be a hub id passes."""
-    path = os.fspath(path)
-    if not isinstance(path, str) or not path:
-        raise UserError(f"{what}: expected a folder or hub id, got {path!r}")
-    if os.path.isdir(path):
-        return path
-    if os.path.exists(path):
-        raise UserError(f"{what} {path} is a file; give the folder that holds it")
-    if not _HUB_ID.match(path) or path.startswith((".", "~")) or ".." in path:
-        raise UserError(f"{what} {path} does not exist (looked in {os.path.abspath(os.path.expanduser(path))})")
-    return path
 
 
 def _resolve(name_or_path: str) -> str:
@@ -234,210 +200,3 @@ def _load_raw(source: str, tokenizer, dtype: torch.dtype, start_layer: Optional[
 def yes_token_id(tokenizer) -> int:
     """The id of "Yes" (its last piece, as the reference's training code reads it)."""
     return tokenizer("Yes", add_special_tokens=False)["input_ids"][-1]
-
-
-def adapter_items(adapters: AdapterSpec) -> list[tuple[str, str]]:
-    """``(name, folder)`` pairs; unnamed adapters are called after their folder (with '.', which PyTorch
-    module names cannot hold, read as '_')."""
-    if adapters is None:
-        return []
-    if isinstance(adapters, (str, os.PathLike)):
-        adapters = [adapters]
-    if isinstance(adapters, Mapping):
-        return [(str(k), str(v)) for k, v in adapters.items()]
-    return [(Path(path).name.replace(".", "_") or f"adapter_{i}", str(path)) for i, path in enumerate(adapters)]
-
-
-def check_adapter_folders(adapters: AdapterSpec, unique_names: bool) -> list[tuple[str, str]]:
-    """:func:`adapter_items`, each an adapter folder that is there (or may be a hub id); with ``unique_names``
-    (switchable adapters, told apart by name) two folders of one name are refused: the second would
-    silently replace the first."""
-    items = adapter_items(adapters)
-    seen: dict[str, str] = {}
-    for name, path in items:
-        check_local(path, "adapter folder")
-        if os.path.isdir(path) and not os.path.isfile(os.path.join(path, "adapter_config.json")):
-            raise UserError(f"adapter folder {path} holds no adapter_config.json: not a PEFT LoRA adapter")
-        if unique_names and name in seen:
-            raise UserError(f"adapters {seen[name]} and {path} are both called {name!r} (their folder name): the "
-                            "second would replace the first. Rename a folder, or name them: "
-                            "{'vertical': folder1, 'r2': folder2}")
-        seen[name] = path
-    return items
-
-
-def apply_adapters(model: MatroyshkaModel, adapters: AdapterSpec, merge: bool = True):
-    """Load LoRA adapters onto ``model``: merged one after another (``W += scale * B @ A``), or kept
-    as named, switchable adapters (returns a ``PeftModel``)."""
-    from peft import PeftConfig, PeftModel
-
-    items = check_adapter_folders(adapters, unique_names=not merge)
-    peft_model = None
-    for name, path in items:
-        _check_adapter_note(model, path)
-        with _reading(path, "adapter config", ValueError):
-            config = PeftConfig.from_pretrained(path)
-        config.task_type = None  # a plain PeftModel: the wrapper is not a generation model
-        config.inference_mode = True
-        try:
-            if peft_model is None:
-                peft_model = PeftModel.from_pretrained(model, path, adapter_name=name, config=config)
-            else:
-                peft_model.load_adapter(path, adapter_name=name, peft_config=config)
-        except (OSError, SafetensorError) as err:
-            raise UserError(f"{path}: cannot read the adapter weights ({' '.join(str(err).split())[:240]}): the "
-                            "files are damaged or incomplete") from err
-        except (RuntimeError, ValueError) as err:
-            raise UserError(f"adapter {path} does not fit this model ({model.config.model_type}, "
-                            f"{model.num_layers} layers, hidden {model.config.hidden_size}, "
-                            f"{len(model.exit_depths)} heads): {err}") from err
-        _check_adapter_loaded(peft_model, name, path)
-        if merge:
-            model = peft_model.merge_and_unload()
-            peft_model = None
-    return peft_model if peft_model is not None else model
-
-
-def _check_adapter_loaded(peft_model, name: str, path: str) -> None:
-    """PEFT warns, but loads, when adapter weights have no module to go to, and leaves modules the file has
-    no weights for at their fresh initialisation (an adapter for fewer layers); refuse both, naming them."""
-    from peft.utils import load_peft_weights
-
-    saved = set(load_peft_weights(path))
-    own = {k for k, _ in peft_model.named_parameters() if f".{name}." in k or k.endswith(f".{name}")}
-    own_lora = {k.replace(f".{name}.", ".") for k in own if ".lora_" in k}
-    saved_lora = {k for k in saved if ".lora_" in k}
-    core = unwrap(peft_model)
-    model = f"this model ({core.num_layers} layers, {len(core.exit_depths)} heads)"
-    if len(own) < len(saved) or saved_lora - own_lora:
-        unused = sorted(saved_lora - own_lora) or sorted(saved)
-        raise UserError(f"adapter {path} holds {len(saved)} tensors but only {len(own)} found a module in {model}, "
-                        f"e.g. {_short(unused[0])}: it was trained for another base")
-    untrained = sorted(own_lora - saved_lora)
-    if untrained:
-        raise UserError(f"adapter {path} has no weights for {len(untrained)} LoRA tensor(s) of {model}, e.g. "
-                        f"{_short(untrained[0])}: it was trained for a model with fewer layers or heads")
-
-
-def _short(key: str) -> str:
-    return key.removeprefix("base_model.model.")
-
-
-def _check_adapter_note(model, path: str) -> None:
-    """A project adapter's note (``matroyshka_adapter.json``) says which exits it was trained for; refuse
-    it on a model whose exits differ."""
-    core = unwrap(model)
-    info = adapter_info(path) if os.path.isdir(path) else {}
-    trained = {k: info[k] for k in ("start_layer", "layer_sep") if k in info}
-    own = {"start_layer": core.start_layer, "layer_sep": core.layer_sep}
-    differ = {k: (v, own[k]) for k, v in trained.items() if v != own[k]}
-    deepest = max(info.get("exits") or [0])
-    if differ or deepest > core.num_layers:
-        detail = ", ".join(f"{k} {a} (model {b})" for k, (a, b) in differ.items()) or \
-            f"exits up to {deepest} (model has {core.num_layers} layers)"
-        raise UserError(f"adapter {path} was trained for other exits: {detail}; load it on the model it was "
-                        "trained on")
-
-
-def _check_switchable(model, names: Optional[Sequence[str]]) -> bool:
-    """True when ``model`` holds switchable adapters; errors for names it does not have."""
-    from peft import PeftModel
-
-    if not isinstance(model, PeftModel):
-        if names:
-            raise UserError("adapters were merged at load time; load with merge_adapters=False to switch them")
-        return False
-    available = list(model.peft_config)
-    unknown = [n for n in names or [] if n not in available]
-    if unknown:
-        raise UserError(f"unknown adapter(s) {unknown}; this model has {available}")
-    return True
-
-
-def set_active_adapters(model, names: Optional[Sequence[str]]) -> None:
-    """Choose which unmerged adapters are active (their deltas add up); ``[]``/``None`` for none."""
-    if not _check_switchable(model, names):
-        return
-    _restore_unmerged_weights(model)
-    lora = model.base_model
-    if names:
-        lora.enable_adapter_layers()
-        lora.set_adapter(list(names))
-    else:
-        lora.disable_adapter_layers()
-
-
-def merge_active_adapters(model, names: Optional[Sequence[str]]) -> None:
-    """Like :func:`set_active_adapters`, but the chosen adapters are merged into the weights, so a
-    forward pass runs no LoRA matmuls (on a CPU an unmerged LoRA on every linear layer nearly doubles
-    the time of a small model). The merge is computed in fp32 from a kept copy of the unmerged weights,
-    so switching back and forth never drifts; the copy costs one more set of the adapted weights."""
-    from peft.tuners.lora import LoraLayer
-
-    if not _check_switchable(model, names):
-        return
-    wanted = tuple(names or ())
-    if getattr(model, "_matroyshka_merged", None) == wanted:
-        return
-    originals = model.__dict__.setdefault("_matroyshka_unmerged", {})
-    for name, module in model.named_modules():
-        if not isinstance(module, LoraLayer):
-            continue
-        weight = module.get_base_layer().weight
-        original = originals.setdefault(name, weight.detach().clone())
-        merged = original.to(torch.float32, copy=True)  # never add into the kept copy
-        for adapter in wanted:
-            if adapter in module.lora_A:
-                merged += module.get_delta_weight(adapter).float()
-        weight.data.copy_(merged)
-    model.base_model.disable_adapter_layers()  # the deltas are in the weights now
-    model._matroyshka_merged = wanted
-
-
-def _restore_unmerged_weights(model) -> None:
-    """Undo :func:`merge_active_adapters` and leave its mode, so its next call re-applies even the same
-    names (the LoRA layers may have been switched back on meanwhile)."""
-    merged = getattr(model, "_matroyshka_merged", None)
-    if merged:  # () merged nothing: the weights are the kept copy already
-        originals = model.__dict__["_matroyshka_unmerged"]
-        for name, module in model.named_modules():
-            if name in originals:
-                module.get_base_layer().weight.data.copy_(originals[name])
-    model._matroyshka_merged = None
-
-
-ADAPTER_INFO = "matroyshka_adapter.json"
-
-
-def adapter_info(path: str) -> dict:
-    """What a project-trained adapter was trained for (``kind``: vertical/horizontal, ``ratios``);
-    empty for adapters without the note (e.g. the released ones)."""
-    note = Path(path) / ADAPTER_INFO
-    if not note.is_file():
-        return {}
-    try:
-        info = json.loads(note.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as err:
-        raise UserError(f"{note} is not valid JSON ({err}); restore it or delete it") from None
-    if not isinstance(info, dict):
-        raise UserError(f"{note} must hold a JSON object, got {type(info).__name__}")
-    return info
-
-
-def pick_adapters(ratio: int, infos: Mapping[str, dict]) -> list[str]:
-    """The compensation adapters that fit a compression ratio: the horizontal ones trained for it when
-    the shape compresses, else the vertical ones (factorized compensation, spec 8). Adapters without
-    a note of their kind are always used."""
-    always = [n for n, i in infos.items() if i.get("kind") not in ("vertical", "horizontal")]
-    if ratio > 1:
-        horizontal = [n for n, i in infos.items() if i.get("kind") == "horizontal" and ratio in i.get("ratios", [])]
-        if horizontal:
-            return always + horizontal
-    return always + [n for n, i in infos.items() if i.get("kind") == "vertical"]
-
-
-def unwrap(model) -> MatroyshkaModel:
-    """The :class:`MatroyshkaModel` inside a possible ``PeftModel``."""
-    from peft import PeftModel
-
-    return model.base_model.model if isinstance(model, PeftModel) else model

@@ -1,8 +1,9 @@
 """Command line: ``python -m pyterrier_matroyshka {seed,rerank,evaluate,experiment} ...``.
 
     seed        make the offline collections (../shared/data layout) usable through ir_datasets
-    rerank      re-rank a TREC run (or BM25 candidates) for a dataset and write a TREC run
-    evaluate    nDCG@10 / RR@10 (or --measures) of TREC runs against a dataset's qrels
+    rerank      re-rank a TREC run (or BM25 candidates) for a dataset, or BM25 on a Lucene index (Pyserini)
+                for a topics file or Pyserini topic name, and write a TREC run
+    evaluate    nDCG@10 / RR@10 (or --measures) of TREC runs against a dataset's or a file's qrels
     experiment  BM25 top-k re-ranked at several shapes: a table of effectiveness, cost and time
 
 Bad input stops a command with one line and exit code 2; --debug shows the traceback.
@@ -10,6 +11,7 @@ Bad input stops a command with one line and exit code 2; --debug shows the trace
 from __future__ import annotations
 
 import argparse
+import copy
 import logging
 import os
 import sys
@@ -23,17 +25,18 @@ from .errors import ArgumentParser, UserError, int_at_least, run_cli
 
 PROG = "python -m pyterrier_matroyshka"
 DEFAULT_SHAPES = ["L30", "L20", "L10", "L30:r2@4", "L30:r4@4"]
+VARIANT_WEIGHT = "variant"  #: a bare --fuse: the pretrained variant's own weight
 
 
-def _weight_or_demo(text: str):
-    """--fuse's value: 'demo' or a number in [0, 1]."""
-    if text == "demo":
+def _weight_or_variant(text: str):
+    """--fuse's value: 'variant' or a number in [0, 1]."""
+    if text == VARIANT_WEIGHT:
         return text
     try:
         weight = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number (give the first stage's share in [0, 1], "
-                                         "or no value for the demo model's)") from None
+                                         "or no value for the variant's)") from None
     if not 0.0 <= weight <= 1.0:
         raise argparse.ArgumentTypeError(f"fusion weight {weight:g} is outside [0, 1]: 0 keeps the re-ranker's "
                                          "order, 1 the first stage's")
@@ -59,32 +62,39 @@ def _measure(text: str):
 
 
 def _model_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", default=None, help="folder or hub id: released layout or a raw base LM "
-                                                      "(default: the demo model, SmolLM2-135M + its adapters)")
+    from .pretrained import DEFAULT_VARIANT, VARIANTS
+
+    parser.add_argument("--variant", default=None, choices=sorted(VARIANTS),
+                        help=f"a pretrained variant with its trained adapters (default: {DEFAULT_VARIANT})")
+    parser.add_argument("--model", default=None, help="instead of a variant: a folder or hub id, released layout "
+                                                      "or a raw base LM")
     parser.add_argument("--adapters", nargs="*", default=None, help="LoRA adapter folders, merged in order")
     parser.add_argument("--compensation", nargs="*", default=None,
                         help="adapters kept switchable, picked by the shape's ratio")
     parser.add_argument("--merge-compensation", action=argparse.BooleanOptionalAction, default=None,
                         help="merge the active compensation adapter into the weights: faster, one more copy "
-                             "of the weights in memory (default: on for the demo model, off otherwise)")
+                             "of the weights in memory (default: on for a variant, off for --model)")
     parser.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
     parser.add_argument("--device", default=None)
     parser.add_argument("--batch-size", type=int_at_least(1), default=32)
-    parser.add_argument("--max-length", type=int_at_least(1), default=None, help="passage token budget (default 512; "
-                                                                     "128 for the demo model)")
+    parser.add_argument("--max-length", type=int_at_least(1), default=None, help="passage token budget (default: the "
+                                                                     "variant's, as trained; 512 for --model)")
     parser.add_argument("--reference-compat", action="store_true", help="replay the reference's bugs B1 and B2")
-    parser.add_argument("--score-in-text", action="store_true",
-                        help="write the first stage's score before each passage, for a model trained so "
-                             "(train bm25_target --score_in_text)")
-    parser.add_argument("--fuse", nargs="?", type=_weight_or_demo, const="demo", default=None, metavar="WEIGHT",
-                        help="interpolate with the first stage's scores, WEIGHT its share in [0, 1] (z-scores per "
-                             "query); without a value (or 'demo'): the demo model's weight, chosen on its "
-                             "SciFact-train holdout")
+    parser.add_argument("--fuse", nargs="?", type=_weight_or_variant, const=VARIANT_WEIGHT, default=None,
+                        metavar="WEIGHT", help="interpolate with the first stage's scores, WEIGHT its share in [0, 1] "
+                                               "(z-scores per query); without a value: the variant's weight, chosen "
+                                               "on its held-out training queries")
 
 
-def _candidate_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--dataset", required=True, help="ir_datasets id, e.g. cranfield, beir/scifact/test, "
-                                                         "local/msmarco-passage-dl19")
+def _candidate_args(parser: argparse.ArgumentParser, pyserini: bool = False) -> None:
+    parser.add_argument("--dataset", required=not pyserini,
+                        help="ir_datasets id, e.g. cranfield, beir/scifact/test, local/msmarco-passage-dl19"
+                             + (" (or --index and --topics)" if pyserini else ""))
+    if pyserini:
+        parser.add_argument("--index", default=None, help="a Lucene index (Pyserini): BM25 candidates, their text "
+                                                          "from the index's stored raw records (--storeRaw)")
+        parser.add_argument("--topics", default=None, help="with --index: a topics file (TREC, or qid<TAB>query "
+                                                           "per line) or a Pyserini topic name")
     parser.add_argument("--run", default=None, help="TREC run of candidates (default: PISA BM25)")
     parser.add_argument("--top-k", type=int_at_least(1), default=100, help="candidates per query")
     parser.add_argument("--queries", type=int_at_least(1), default=None, help="only the first N queries (quick runs)")
@@ -103,15 +113,18 @@ def build_parser() -> argparse.ArgumentParser:
     seed.add_argument("--source", default=None, help="folder in the ../shared/data layout")
 
     rerank = commands.add_parser("rerank", help="re-rank candidates and write a TREC run", parents=[debug])
-    _candidate_args(rerank)
+    _candidate_args(rerank, pyserini=True)
     _model_args(rerank)
     rerank.add_argument("--shape", type=_shape, default=None, help="e.g. L30, L20:r2@4 (default: deepest exit)")
     rerank.add_argument("--output", required=True, help="TREC run to write")
 
-    evaluate = commands.add_parser("evaluate", help="evaluate TREC runs", parents=[debug])
-    evaluate.add_argument("--dataset", required=True)
+    evaluate = commands.add_parser("evaluate", help="evaluate TREC runs (pt.Experiment: the first run is the "
+                                                    "baseline of Holm-corrected paired t-tests)", parents=[debug])
+    evaluate.add_argument("--dataset", default=None, help="ir_datasets id whose qrels to use")
+    evaluate.add_argument("--qrels", default=None, help="or a TREC qrels file or a Pyserini qrels name")
     evaluate.add_argument("runs", nargs="+")
-    evaluate.add_argument("--measures", nargs="+", type=_measure, default=[nDCG @ 10, RR @ 10])
+    evaluate.add_argument("--measures", nargs="+", type=_measure, default=[nDCG @ 10, RR @ 10],
+                          help="ir_measures names, e.g. nDCG@10 RR@10 R@100")
 
     experiment = commands.add_parser("experiment", help="compare shapes on a dataset", parents=[debug])
     _candidate_args(experiment)
@@ -123,7 +136,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _scorer(args):
-    from .demo import demo_scorer
     from .scorer import MatroyshkaScorer
 
     options = dict(dtype=args.dtype, device=args.device, batch_size=args.batch_size,
@@ -133,30 +145,36 @@ def _scorer(args):
     if args.merge_compensation is not None:
         options["merge_compensation"] = args.merge_compensation
     if args.model is None:
-        return demo_scorer(**options)
+        if args.adapters is not None or args.compensation is not None:
+            raise UserError("--adapters and --compensation go with --model; a --variant brings its own")
+        return MatroyshkaScorer.from_pretrained(args.variant, **options)
+    if args.variant is not None:
+        raise UserError("give either --variant or --model, not both")
     return MatroyshkaScorer(args.model, adapters=args.adapters, compensation=args.compensation, **options)
 
 
 def _fusion_weight(args) -> Optional[float]:
-    """--fuse's weight: as given (checked before any scoring), or the demo model's holdout-chosen one for a
+    """--fuse's weight: as given (checked before any scoring), or the variant's holdout-chosen one for a
     bare --fuse."""
-    from .demo import DEMO_FUSION_WEIGHT
     from .fusion import check_weight
+    from .pretrained import variant
 
     if args.fuse is None:
         return None
-    if args.fuse != "demo":
+    if args.fuse != VARIANT_WEIGHT:
         check_weight(args.fuse)
         return args.fuse
     if args.model is not None:
-        raise UserError("--fuse without a weight means the demo model's weight; for --model give one, "
+        raise UserError("--fuse without a weight means the pretrained variant's weight; for --model give one, "
                         "e.g. --fuse 0.3, chosen on held-out training queries")
-    return DEMO_FUSION_WEIGHT
+    return variant(args.variant).fusion_weight
 
 
 def _candidates(args):
     from .shape_comparison import first_stage
 
+    if getattr(args, "index", None):
+        return _lucene_candidates(args)
     if args.run is not None and not os.path.isfile(args.run):
         raise UserError(f"run file {args.run} does not exist" if not os.path.exists(args.run)
                         else f"run file {args.run} is not a file")
@@ -183,6 +201,27 @@ def _check_output(path: str) -> None:
         raise UserError(f"--output {path}: the folder {folder} does not exist")
 
 
+def _lucene_candidates(args):
+    """Pyserini's workflow: BM25 on a Lucene index for a topics file or name, texts from the index."""
+    from . import pyserini
+
+    topics = pyserini.read_topics(args.topics)
+    if args.queries:
+        topics = topics.head(args.queries)
+    return pyserini.bm25_candidates(args.index, topics, k=args.top_k)
+
+
+def _check_candidate_source(args) -> None:
+    if getattr(args, "index", None) is None and getattr(args, "topics", None) is None:
+        if args.dataset is None:
+            raise UserError("give --dataset (an ir_datasets id), or --index (a Lucene index) and --topics")
+        return
+    if args.index is None or args.topics is None:
+        raise UserError("--index and --topics go together: a Lucene index and a topics file or Pyserini topic name")
+    if args.dataset is not None or args.run is not None:
+        raise UserError("--index/--topics take the candidates from the index: leave out --dataset and --run")
+
+
 def cmd_seed(args) -> None:
     from .offline.collections import seed_local_collections
 
@@ -193,11 +232,11 @@ def cmd_rerank(args) -> None:
     from .reranker import MatroyshkaReRanker
     from .trec import write_trec_run
 
+    _check_candidate_source(args)
     weight = _fusion_weight(args)
     _check_output(args.output)
     candidates = _candidates(args)  # the data, checked before the model loads
-    reranker = MatroyshkaReRanker(scorer=_scorer(args), shape=args.shape, verbose=args.verbose,
-                                  score_in_text=args.score_in_text)
+    reranker = MatroyshkaReRanker(scorer=_scorer(args), shape=args.shape, verbose=True)
     name = f"matroyshka-{reranker.shape}"
     if weight is not None:
         from .fusion import FirstStageFusion
@@ -211,39 +250,69 @@ def cmd_rerank(args) -> None:
 
 
 def cmd_evaluate(args) -> None:
-    from .offline.collections import pt_dataset
-    from .shape_comparison import evaluate, format_table
+    import pandas as pd
+    import pyterrier as pt
+
+    from .shape_comparison import format_table
     from .trec import read_trec_run
 
-    import pandas as pd
+    measures = args.measures  # parsed by argparse: an unknown one stops before any file is read
+    runs = [read_trec_run(run) for run in args.runs]
+    # the runs' queries (a query missing from one run counts 0 there), not every query of the qrels
+    topics = pd.DataFrame({"qid": list(dict.fromkeys(q for run in runs for q in run["qid"]))})
+    several = len(runs) > 1
+    table = pt.Experiment(runs, topics, _qrels(args), measures, names=args.runs, baseline=0 if several else None,
+                          correction="holm" if several else None)
+    print(format_table(table))
 
-    runs = {run: read_trec_run(run) for run in args.runs}  # every file checked before the qrels load
-    qrels = pt_dataset(args.dataset).get_qrels()
-    rows = [{"run": run, **evaluate(frame, qrels, args.measures)} for run, frame in runs.items()]
-    print(format_table(pd.DataFrame(rows)))
+
+def _qrels(args):
+    if (args.dataset is None) == (args.qrels is None):
+        raise UserError("give one of --dataset (an ir_datasets id) or --qrels (a qrels file or Pyserini qrels name)")
+    if args.qrels is not None:
+        from .pyserini import read_qrels
+
+        return read_qrels(args.qrels)
+    from .offline.collections import pt_dataset
+
+    return pt_dataset(args.dataset).get_qrels()
 
 
 def cmd_experiment(args) -> None:
     from .offline.collections import pt_dataset
-    from .shape_comparison import compare_shapes, format_table
     from .reranker import MatroyshkaReRanker
+    from .shape_comparison import compare, format_table
+    from .time_estimate import estimate_seconds, plan_text
 
     weight = _fusion_weight(args)
     candidates = _candidates(args)  # the data, checked before the model loads
-    reranker = MatroyshkaReRanker(scorer=_scorer(args), verbose=args.verbose, score_in_text=args.score_in_text)
+    reranker = MatroyshkaReRanker(scorer=_scorer(args), verbose=True)
     shapes = args.shapes or default_shapes(reranker.scorer.exits)
-    for shape in shapes:
-        reranker.with_shape(shape)  # every shape against the model's exits, before any scoring
-    extra = {}
+    systems = {"BM25": None}
     if args.teacher:
         from .offline.minilm import MiniLMCrossEncoder
 
-        extra["MiniLM-L12 teacher"] = MiniLMCrossEncoder()
-    table = compare_shapes(reranker, shapes, candidates, pt_dataset(args.dataset).get_qrels(), extra=extra,
-                           fusion_weight=weight)
-    print(f"\n{args.dataset}: {candidates['qid'].nunique()} queries, top {args.top_k} candidates, "
-          f"model {reranker.scorer.name} ({reranker.scorer.dtype}), re-ranking time on {reranker.scorer.device}\n")
+        systems["MiniLM-L12 teacher"] = MiniLMCrossEncoder(verbose=True)
+    systems.update({str(shape): reranker.with_shape(shape) for shape in shapes})  # each checked, before scoring
+    scorer = reranker.scorer
+    print(f"{args.dataset}: {candidates['qid'].nunique()} queries, top {args.top_k} candidates; model "
+          f"{scorer.name} ({str(scorer.dtype).removeprefix('torch.')} on {scorer.device}). Will run:", flush=True)
+    quiet = {name: _quiet(system) for name, system in systems.items()}
+    print(plan_text(estimate_seconds(quiet, candidates), len(candidates),
+                    fused_name=f"+ BM25 ({weight:g})" if weight is not None else None), flush=True)
+    table = compare(candidates, pt_dataset(args.dataset).get_qrels(), systems, fusion_weight=weight,
+                    report=lambda line: print(line, flush=True))
+    print(f"\nmeasures with Holm-corrected p-values against BM25 (paired t-test); mrt: ms per query of "
+          f"re-ranking on {scorer.device}\n")
     print(format_table(table))
+
+
+def _quiet(system):
+    """A shallow copy of ``system`` without its progress bar (the time estimate's few pairs need none)."""
+    if getattr(system, "verbose", False):
+        system = copy.copy(system)
+        system.verbose = False
+    return system
 
 
 def default_shapes(exits: Sequence[int]) -> list[str]:

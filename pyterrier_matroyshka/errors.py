@@ -8,8 +8,11 @@ other exception is a bug and keeps its traceback. ``--debug`` shows the tracebac
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import numbers
+import os
+import re
 import sys
 from pathlib import Path
 from typing import Callable, Iterator, Optional, Sequence, Union
@@ -89,6 +92,39 @@ def numbered_lines(path: Union[str, Path], opener: Optional[Callable] = None) ->
                                 "not UTF-8; re-encode the file as UTF-8 (e.g. iconv -f latin1 -t utf-8)") from None
 
 
+#: what a Hugging Face hub id looks like: ``name`` or ``namespace/name``
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
+
+
+def check_local(path, what: str = "model folder") -> str:
+    """``path`` as a string, refused with a clear error when it names a local folder that is not there
+    (a path that starts with ``/``, ``.`` or ``~``, or has more parts than a hub id ``org/name``) or a
+    file; a string that may be a hub id passes."""
+    path = os.fspath(path)
+    if not isinstance(path, str) or not path:
+        raise UserError(f"{what}: expected a folder or hub id, got {path!r}")
+    if os.path.isdir(path):
+        return path
+    if os.path.exists(path):
+        raise UserError(f"{what} {path} is a file; give the folder that holds it")
+    if not _HUB_ID.match(path) or path.startswith((".", "~")) or ".." in path:
+        raise UserError(f"{what} {path} does not exist (looked in {os.path.abspath(os.path.expanduser(path))})")
+    return path
+
+
+@contextlib.contextmanager
+def unreadable(source, what: str, *errors: type):
+    """Turn ``errors`` raised inside the block (a truncated safetensors file, malformed JSON, ...) into a
+    :class:`UserError` saying which of ``source``'s files cannot be read."""
+    try:
+        yield
+    except UserError:
+        raise
+    except errors as err:
+        raise UserError(f"{source}: cannot read its {what} ({' '.join(str(err).split())[:240]}): the files are "
+                        "damaged or incomplete") from err
+
+
 # ------------------------------------------------------------------------------------------ command lines
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -108,17 +144,6 @@ def int_at_least(minimum: int) -> Callable[[str], int]:
         if value < minimum:
             raise argparse.ArgumentTypeError(f"{value} is below {minimum}")
         return value
-    return parse
-
-
-def real_between(minimum: float, maximum: Optional[float] = None) -> Callable[[str], float]:
-    """An argparse ``type``: a finite number in ``[minimum, maximum]``."""
-    def parse(text: str) -> float:
-        try:
-            return check_real("the value", float(text), minimum, maximum)
-        except (ValueError, UserError) as err:
-            raise argparse.ArgumentTypeError(f"{text!r}: {err}" if isinstance(err, UserError)
-                                             else f"{text!r} is not a number") from None
     return parse
 
 

@@ -6,8 +6,9 @@ is z-normalized within its query first:
 
     score = (1 - weight) * z(re-ranker) + weight * z(first stage)
 
-``weight`` should be chosen on held-out training queries, never on the test set (the demo model's was
-chosen on its SciFact-train holdout: see ``DEMO_FUSION_WEIGHT`` in :mod:`pyterrier_matroyshka.demo`).
+``weight`` should be chosen on held-out training queries, never on the test set (each pretrained variant
+carries the weight chosen on its own holdout: ``variant(name).fusion_weight`` in
+:mod:`pyterrier_matroyshka.pretrained`).
 """
 from __future__ import annotations
 
@@ -66,9 +67,20 @@ class FirstStageFusion(pt.Transformer):
         check_weight(weight)
         self.reranker, self.weight = reranker, weight
 
+    @property
+    def schematic(self) -> dict:
+        # The re-ranker sees this stage's own input: draw it linked. No help page of our own to link to.
+        return {"label": f"Fusion w={self.weight:g}", "help_url": None, "inner_pipelines_mode": "linked"}
+
     def transform(self, inp: pd.DataFrame) -> pd.DataFrame:
         pt.validate.result_frame(inp, extra_columns=["score"])
         return fuse(inp, self.reranker(inp), self.weight)
+
+    def transform_inputs(self) -> list[list[str]]:
+        """What ``pt.inspect.transformer_inputs`` reports: each input configuration the re-ranker accepts
+        (e.g. ``query`` and its text column), plus the first stage's ``score``."""
+        accepted = pt.inspect.transformer_inputs(self.reranker)
+        return [list(dict.fromkeys([*columns, "qid", "docno", "score"])) for columns in accepted]
 
     def __repr__(self) -> str:
         return f"FirstStageFusion({self.reranker!r}, weight={self.weight})"

@@ -83,7 +83,8 @@ class MatroyshkaModel(nn.Module):
         shape.validate(self.exit_depths)
         hidden = self.model.embed_tokens(input_ids)
         mask = attention_mask
-        positions, rotary, block_mask = self._positions(hidden, mask)
+        hide_padding = shape.compresses and "B2" in reference_bugs  # B2 reads a padded row's state
+        positions, rotary, block_mask = self._positions(hidden, mask, hide_padding)
         weights = None
         exits: list[torch.Tensor] = []
         for block in range(shape.depth):
@@ -91,7 +92,7 @@ class MatroyshkaModel(nn.Module):
                 exits.append(self._score(hidden, mask, shape, len(exits), reference_bugs))
             if shape.compresses and block in shape.compress_layers:
                 hidden, mask = compress_passages(hidden, mask, query_lengths, prompt_lengths, weights, shape.ratio)
-                positions, rotary, block_mask = self._positions(hidden, mask)
+                positions, rotary, block_mask = self._positions(hidden, mask, hide_padding)
             layer = self.model.layers[block]
             if shape.compresses and block + 1 in shape.compress_layers:
                 weights = scoring_token_attention(layer, hidden, mask, self._query_row(mask, reference_bugs), rotary)
@@ -99,13 +100,22 @@ class MatroyshkaModel(nn.Module):
         exits.append(self._score(hidden, mask, shape, len(exits), reference_bugs))
         return torch.stack(exits)
 
-    def _positions(self, hidden: torch.Tensor, mask: torch.Tensor):
+    def _positions(self, hidden: torch.Tensor, mask: torch.Tensor, hide_padding: bool = False):
         """Positions 0..L-1 (renumbered after every compression), their rotary embedding, and the
-        causal mask that also hides padded keys. Every row has a real first token, so no query row
-        is fully masked."""
+        blocks' attention mask.
+
+        Rows are right padded, so a real token's causal past holds real tokens only: causal attention
+        alone is exact for every state that is ever read (scores, compression weights). The mask is
+        then ``None``, which lets SDPA run its causal kernels (flash on a GPU) with shared key/value
+        heads instead of a boolean [N, 1, L, L] mask that rules flash out and copies keys and values
+        per query head. Padded keys are hidden only where a padded row is read (``hide_padding``, the
+        reference's B2) or where attention is eager, which needs an explicit mask; every row has a
+        real first token, so no query row is then fully masked."""
         length = hidden.shape[1]
         positions = torch.arange(length, device=hidden.device).unsqueeze(0)
         rotary = self.model.rotary_emb(hidden, positions)
+        if not hide_padding and self.model.config._attn_implementation != "eager":
+            return positions, rotary, None
         causal = torch.ones(length, length, dtype=torch.bool, device=hidden.device).tril()
         block_mask = causal.unsqueeze(0) & mask.bool().unsqueeze(1)
         return positions, rotary, block_mask.unsqueeze(1)

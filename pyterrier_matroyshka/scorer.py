@@ -9,14 +9,16 @@ Usage follows the reference README::
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence, Union
+from typing import Any, Callable, Optional, Sequence, Union
 
 import torch
 from tqdm.auto import tqdm
 
+from .adapters import (AdapterSpec, adapter_info, adapter_items, merge_active_adapters, pick_adapters,
+                       set_active_adapters, unwrap)
+from .checkpoint import load_model
 from .errors import UserError, check_int, text_problem
-from .checkpoint import (AdapterSpec, adapter_info, adapter_items, load_model, merge_active_adapters, pick_adapters,
-                         set_active_adapters, unwrap)
+from .fingerprint import weights_digest
 from .model import MatroyshkaModel, reference_bug_set
 from .prompt import PromptEncoder
 from .shape import Shape, ShapeLike
@@ -144,6 +146,16 @@ class MatroyshkaScorer:
         switchable = compensation if merge_adapters else (adapters if adapters is not None else peft_path)
         self.adapter_infos = {name: adapter_info(path) for name, path in adapter_items(switchable)}
         self._encoders: dict = {}
+        self.weights_digest = weights_digest(self.model)  # now, before any compensation is merged in
+
+    @classmethod
+    def from_pretrained(cls, variant: Optional[str] = None, **kwargs) -> "MatroyshkaScorer":
+        """A named pretrained variant (default: the package's default model) with its trained adapters and
+        settings; keyword arguments override them (see :mod:`pyterrier_matroyshka.pretrained`)."""
+        from .pretrained import scorer_settings
+
+        base, settings = scorer_settings(variant)
+        return cls(base, **{**settings, **kwargs})
 
     @property
     def core(self) -> MatroyshkaModel:
@@ -176,6 +188,19 @@ class MatroyshkaScorer:
             self._encoders[key] = PromptEncoder.for_inference(self.tokenizer, key[2], key[0], key[1])
         return self._encoders[key]
 
+    def fingerprint(self, shape: Optional[ShapeLike] = None) -> dict:
+        """Everything that decides this scorer's scores at ``shape`` (default: its own): the weights (a
+        digest, see :func:`~pyterrier_matroyshka.fingerprint.weights_digest`), dtype, the adapters a call
+        switches on, the shape, token budgets, prompt, reference bugs and normalization; not the model's name
+        (one folder reached by two paths is one model). Equal fingerprints give equal scores for equal
+        (query, passage) pairs; caches key on it."""
+        shape = (Shape.coerce(shape) if shape is not None else self.shape).validate(self.exits)
+        encoder = self.encoder()
+        return {"weights": self.weights_digest, "dtype": str(self.dtype).removeprefix("torch."),
+                "adapters": self.adapters_for(shape), "shape": str(shape), "max_length": self.max_length,
+                "query_max_length": self.query_max_length, "prompt": encoder.default_prompt,
+                "reference_bugs": sorted(self.reference_bugs), "normalize": bool(self.normalize)}
+
     def mean_lengths(self, pairs: Sequence[Pair]) -> tuple[int, int, int]:
         """Mean query, passage and prompt token counts of ``pairs`` as this scorer encodes them (the
         lengths :meth:`flops` takes)."""
@@ -201,11 +226,13 @@ class MatroyshkaScorer:
                       batch_size: Optional[int] = None, max_length: Optional[int] = None,
                       query_max_length: Optional[int] = None, normalize: Optional[bool] = None,
                       prompt: Optional[str] = None, adapters: Optional[Sequence[str]] = None,
-                      verbose: Optional[bool] = None) -> Scores:
+                      verbose: Optional[bool] = None, progress: Optional[Callable[..., Any]] = None) -> Scores:
         """Score (query, passage) pairs.
 
         Returns a list of N floats for a one-exit shape, else ``[n_exits][N]`` in ascending depth.
-        Results are in input order; pairs are length-sorted into batches internally.
+        Results are in input order; pairs are length-sorted into batches internally. With ``verbose``, a
+        progress bar counts the pairs with an ETA; ``progress`` is its tqdm-like class (default
+        ``tqdm.auto.tqdm``; the PyTerrier face passes ``pt.tqdm``, so ``pt.set_tqdm`` applies).
         """
         check_budgets(batch_size, max_length, query_max_length)
         shape = shape_from_reference_kwargs(shape, cutoff_layers, compress_layers, compress_ratio, self.shape)
@@ -223,10 +250,13 @@ class MatroyshkaScorer:
             size = batch_size or self.batch_size
             batches = [order[i: i + size] for i in range(0, len(order), size)]
             show = self.verbose if verbose is None else verbose
-            for batch in tqdm(batches, desc="matroyshka", disable=not show, unit="batch"):
-                inputs = encoder.collate([encoded[i] for i in batch], self.device)
-                scores[:, batch] = self.model(**inputs, shape=shape, reference_bugs=self.reference_bugs).cpu()
-                filled[batch] = True
+            with (progress or tqdm)(total=len(pairs), desc=f"matroyshka {shape}", unit="pair", disable=not show,
+                                    smoothing=0.1) as bar:
+                for batch in batches:
+                    inputs = encoder.collate([encoded[i] for i in batch], self.device)
+                    scores[:, batch] = self.model(**inputs, shape=shape, reference_bugs=self.reference_bugs).cpu()
+                    filled[batch] = True
+                    bar.update(len(batch))
         _check_filled(scores, filled, pairs, self.dtype)
         if self.normalize if normalize is None else normalize:
             scores = torch.sigmoid(scores.double())

@@ -1,12 +1,14 @@
-"""Compare shapes of one loaded re-ranker: effectiveness next to estimated cost and measured time.
+"""Compare shapes of one loaded re-ranker: ``pt.Experiment`` (measures, significance against the first
+stage with correction, ``mrt``) plus what is ours, an estimated-cost column and fused rows.
 
-The first stage runs once; every system re-ranks the same candidates, so the time column is the
-re-ranking time alone.
+The first stage runs once; every system re-ranks the same candidates, so ``mrt`` is the re-ranking time
+alone.
 """
 from __future__ import annotations
 
 import time
-from typing import Optional, Sequence
+from functools import partial
+from typing import Callable, Optional, Sequence
 
 import ir_measures
 import pandas as pd
@@ -73,40 +75,80 @@ def _ir_measures_frames(run: pd.DataFrame, qrels: pd.DataFrame,
 
 def compare(candidates: pd.DataFrame, qrels: pd.DataFrame, systems: dict[str, Optional[pt.Transformer]],
             measures: Sequence = DEFAULT_MEASURES, fusion_weight: Optional[float] = None,
-            first_stage_name: str = "BM25") -> pd.DataFrame:
-    """One row per system (``None`` = the candidates as they are): measures, GFLOP/pair, seconds.
+            first_stage_name: str = "BM25", report: Optional[Callable[[str], None]] = print,
+            **experiment) -> pd.DataFrame:
+    """``pt.Experiment`` over ``systems`` re-ranking the same ``candidates`` (``None``: the candidates as
+    they are, the baseline of the significance tests), plus what is ours: a ``GFLOP/pair`` column for
+    Matroyshka systems and, with ``fusion_weight``, a fused row after each of them from the same scoring pass.
 
-    With ``fusion_weight``, every Matroyshka row is followed by the same run interpolated with the
-    candidates' own scores (:func:`~pyterrier_matroyshka.fusion.fuse`, no re-scoring)."""
-    rows = []
+    Every system is ``candidates >> system``; ``pt.Experiment``'s tree plan runs each shared prefix once, so
+    ``candidates >> shape >> fuse`` reuses the shape's own run and its ``mrt`` (ms per query) is the shape's
+    plus the fusion's. ``report`` (default ``print``) gets one line per system as it finishes. Keywords go
+    to ``pt.Experiment`` (defaults: baseline 0, correction ``"holm"``, plan ``"tree"``). Its ``save_dir``
+    does not fit here (it needs the linear plan, where a fused row would score its shape again, and refuses
+    names with ``:`` such as ``L30:r2@4``): to reuse scores across runs, re-rank through a
+    :class:`~pyterrier_matroyshka.caching.MatroyshkaCache`.
+    """
+    source = pt.Transformer.from_df(candidates)
+    topics = candidates[["qid", "query"]].drop_duplicates("qid")
+    queries = topics["qid"].tolist()
+    started = time.perf_counter()
+    pipelines: dict[str, pt.Transformer] = {}
+    flops: dict[str, float] = {}
     lengths = None
-    queries = candidates["qid"].unique()
+
+    def add(name: str, pipeline: pt.Transformer) -> None:
+        pipelines[name] = pipeline if report is None else pipeline >> _RowReport(
+            name, qrels, measures, queries, report, started)
+
     for name, system in systems.items():
-        start = time.perf_counter()
-        run = candidates if system is None else system(candidates)
-        seconds = time.perf_counter() - start
-        flops = float("nan")
+        scored = source if system is None else source >> system
+        add(name, scored)
         if isinstance(system, MatroyshkaReRanker):
             lengths = lengths or mean_lengths(system, candidates)
-            flops = system.scorer.flops(system.shape, *lengths) / 1e9
-        row = {"GFLOP/pair": flops, "seconds": seconds if system is not None else float("nan")}
-        rows.append({"name": name, **evaluate(run, qrels, measures, queries), **row})
-        if fusion_weight is not None and isinstance(system, MatroyshkaReRanker):
-            fused = fuse(candidates, run, fusion_weight)
-            rows.append({"name": f"{name} + {first_stage_name} ({fusion_weight:g})",
-                         **evaluate(fused, qrels, measures, queries), **row})
-    return pd.DataFrame(rows)
+            flops[name] = system.scorer.flops(system.shape, *lengths) / 1e9
+            if fusion_weight is not None:
+                fused = f"{name} + {first_stage_name} ({fusion_weight:g})"
+                flops[fused] = flops[name]
+                add(fused, scored >> pt.apply.generic(partial(fuse, candidates, weight=fusion_weight)))
+    settings = {**dict(baseline=0, correction="holm", plan="tree", verbose=False), **experiment}
+    table = pt.Experiment(list(pipelines.values()), topics, qrels, [*measures, "mrt"], names=list(pipelines),
+                          **settings)
+    return table.assign(**{"GFLOP/pair": table["name"].map(flops).astype(float)})
+
+
+class _RowReport(pt.Transformer):
+    """Passes a system's run on unchanged, reporting its measures (and the time so far) as it finishes."""
+
+    def __init__(self, name: str, qrels: pd.DataFrame, measures: Sequence, queries: Sequence[str],
+                 report: Callable[[str], None], started: float):
+        self.name, self.qrels, self.measures, self.queries = name, qrels, measures, queries
+        self.report, self.started = report, started
+
+    def transform(self, run: pd.DataFrame) -> pd.DataFrame:
+        if len(run) == 0:
+            return run
+        values = evaluate(run, self.qrels, self.measures, self.queries)
+        shown = "  ".join(f"{m} {v:.4f}" for m, v in values.items())
+        self.report(f"{self.name:<28} {shown}  ({time.perf_counter() - self.started:.0f} s so far)")
+        return run
+
+    def transform_outputs(self, input_columns: list[str]) -> list[str]:
+        return list(input_columns)  # so pt.Experiment's check of the pipelines reports nothing
+
+    def __repr__(self) -> str:
+        return f"report({self.name!r})"
 
 
 def compare_shapes(reranker: MatroyshkaReRanker, shapes: Sequence[ShapeLike], candidates: pd.DataFrame,
                    qrels: pd.DataFrame, baseline: str = "BM25", measures: Sequence = DEFAULT_MEASURES,
                    extra: Optional[dict[str, pt.Transformer]] = None,
-                   fusion_weight: Optional[float] = None) -> pd.DataFrame:
+                   fusion_weight: Optional[float] = None, **compare_options) -> pd.DataFrame:
     """The candidates' own ranking, ``extra`` systems, then ``reranker`` at each shape (weights loaded once),
-    each also interpolated with the candidates' scores at ``fusion_weight`` if given."""
+    each also interpolated with the candidates' scores at ``fusion_weight`` if given (see :func:`compare`)."""
     systems: dict[str, Optional[pt.Transformer]] = {baseline: None, **(extra or {})}
     systems.update({str(shape): reranker.with_shape(shape) for shape in shapes})
-    return compare(candidates, qrels, systems, measures, fusion_weight, baseline)
+    return compare(candidates, qrels, systems, measures, fusion_weight, baseline, **compare_options)
 
 
 def mean_lengths(reranker: MatroyshkaReRanker, candidates: pd.DataFrame, sample: int = 256) -> tuple[int, int, int]:
@@ -116,7 +158,18 @@ def mean_lengths(reranker: MatroyshkaReRanker, candidates: pd.DataFrame, sample:
 
 
 def format_table(table: pd.DataFrame) -> str:
-    """A plain-text table with 4 decimals for measures, 2 for cost and time."""
-    formats = {c: "{:.4f}".format for c in table.columns if "@" in c}
-    formats.update({"GFLOP/pair": "{:.2f}".format, "seconds": "{:.1f}".format})
-    return table.to_string(index=False, formatters=formats, na_rep="-")
+    """``pt.Experiment``'s table as plain text: each measure (4 decimals) with its corrected p-value against
+    the baseline where there is one, then ``GFLOP/pair`` and ``mrt`` (ms per query)."""
+    measures = [c for c in table.columns if c not in ("name", "mrt", "GFLOP/pair") and " " not in c]
+    shown = ["name"]
+    for measure in measures:
+        shown.append(measure)
+        p_value = next((c for c in (f"{measure} p-value corrected", f"{measure} p-value") if c in table.columns), None)
+        if p_value:
+            shown.append(p_value)
+    shown += [c for c in ("GFLOP/pair", "mrt") if c in table.columns]
+    short = {c: f"p({c.split(' ')[0]})" if " p-value" in c else c for c in shown}
+    formats = {short[c]: "{:.4f}".format for c in measures}
+    formats.update({short[c]: "{:.3f}".format for c in shown if c.endswith(("p-value", "corrected"))})
+    formats.update({"GFLOP/pair": "{:.2f}".format, "mrt": "{:.0f}".format})
+    return table[shown].rename(columns=short).to_string(index=False, formatters=formats, na_rep="-")

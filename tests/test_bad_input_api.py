@@ -25,7 +25,7 @@ from pyterrier_matroyshka.errors import UserError, check_int, check_real, number
 from pyterrier_matroyshka.fusion import fuse, zscore_per_query
 from pyterrier_matroyshka.trec import read_trec_run, write_trec_run
 
-from conftest import build_raw_base
+from helpers import tiny_base
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -220,7 +220,7 @@ def four_layer_adapter(tmp_path_factory, tiny_checkpoint) -> tuple[Path, Path]:
     from peft import LoraConfig, get_peft_model
 
     folder = tmp_path_factory.mktemp("four")
-    base = build_raw_base(folder / "base", tiny_checkpoint, "mistral", layers=4, hidden=64)
+    base = tiny_base(folder / "base", tiny_checkpoint, layers=4, hidden=64, model_type="mistral")
     core, _ = load_model(str(base), start_layer=2)
     peft = get_peft_model(core, LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj", "v_proj", "linear_head"]))
     with torch.no_grad():

@@ -155,7 +155,7 @@ def test_mistakes_print_one_line_and_exit_2(runs, bm25_run, tmp_path, capsys, ar
 @pytest.mark.parametrize("extra, message", [
     (["--shape", "L9"], r"exit\(s\) \[9\] not among the model's exits"),
     (["--shape", "L8:r2@8"], "compression layer"),
-    (["--fuse"], "--fuse without a weight means the demo model's weight"),
+    (["--fuse"], "--fuse without a weight means the pretrained variant's weight"),
     (["--compensation", "{full}", "{other_full}"], "are both called 'full'"),
     (["--adapters", "./no/such/adapter"], "adapter folder ./no/such/adapter does not exist"),
 ])

@@ -1,11 +1,8 @@
 """Command line: ``python -m train groups|teacher|stage1|stage2|stage3 ...``.
 
     python -m train groups --dataset beir/scifact/train --output runs/scifact.groups.jsonl
-    python -m train groups --dataset beir/scifact/train --title_queries 800 --output runs/scifact.titles.jsonl
     python -m train teacher --input runs/scifact.groups.jsonl --output runs/scifact.teacher.jsonl --scorer minilm
     python -m train holdout --data runs/holdout.jsonl --adapters runs/stage1 --shapes L30 L10
-    python -m train bm25_target --input runs/scifact.teacher.jsonl --output runs/scifact.fused.jsonl \
-        --dataset beir/scifact/train --weight 0.5
     python -m train split --input runs/scifact.teacher.jsonl --train runs/train.jsonl --holdout runs/holdout.jsonl
     python -m train stage1 --config train/configs/stage1.json --train_data runs/scifact.teacher.jsonl
     torchrun --nproc_per_node 2 -m train stage1 --config train/configs/stage1.json ...   (DDP)
@@ -15,13 +12,14 @@ Bad input stops a command with one line and exit code 2 (``--debug`` shows the t
 """
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-from pyterrier_matroyshka.errors import ArgumentParser, UserError, int_at_least, real_between, run_cli
+from pyterrier_matroyshka.errors import ArgumentParser, UserError, int_at_least, run_cli
 
 from .config import STAGES
 
@@ -54,10 +52,15 @@ def _window(text: str) -> tuple[int, int]:
 
 def _groups(argv: Sequence[str]) -> None:
     from .groups import mine_groups, write_groups
-    from .title_groups import mine_title_groups
 
     p = _parser("groups", "hard-negative groups from ir_datasets")
-    p.add_argument("--dataset", required=True, help="ir_datasets id, e.g. beir/scifact/train or cranfield")
+    p.add_argument("--dataset", default=None,
+                   help="ir_datasets id, e.g. beir/scifact/train or cranfield (default with --sources: the training "
+                        "mix, local/training-mix)")
+    p.add_argument("--sources", default=None,
+                   help="comma-separated training-mix sources (msmarco,nq,squad,ares,medquad,autoq) and/or scifact "
+                        "(SciFact train, mined from beir/scifact/train); each group records its source as 'src'")
+    p.add_argument("--per_source", type=int_at_least(1), default=None, help="at most this many queries of each source")
     p.add_argument("--output", required=True, type=Path)
     p.add_argument("--num_negatives", type=int_at_least(1), default=15)
     p.add_argument("--window", default="10,100", help="rank window [start,stop) of the negatives, from 0")
@@ -67,26 +70,47 @@ def _groups(argv: Sequence[str]) -> None:
     p.add_argument("--other_positives", type=int_at_least(0), default=0,
                    help="more negatives per group: documents judged relevant to other queries (against a "
                         "learned document prior)")
-    p.add_argument("--title_queries", type=int_at_least(1), default=None, metavar="N",
-                   help="instead of the dataset's judged queries: N random documents' titles as queries, their "
-                        "bodies as positives (no labels used; train/title_groups.py)")
     a = p.parse_args(argv)
     start, stop = _window(a.window)
-    if a.title_queries is not None:
-        groups, summary = mine_title_groups(a.dataset, a.title_queries, num_negatives=a.num_negatives,
-                                            window=(start, stop), seed=a.seed)
-        write_groups(groups, summary, a.output)
+    if a.sources is not None:
+        _mix_groups(a, (start, stop))
         return
+    if a.dataset is None:
+        p.error("give --dataset or --sources")
     groups, summary = mine_groups(a.dataset, num_negatives=a.num_negatives, window=(start, stop), seed=a.seed,
                                   min_relevance=a.min_relevance, max_queries=a.max_queries,
                                   other_positives=a.other_positives)
     write_groups(groups, summary, a.output)
 
 
-def _teacher(argv: Sequence[str]) -> None:
-    from .teacher import add_teacher_scores, make_scorer
+def _mix_groups(a: argparse.Namespace, window: tuple[int, int]) -> None:
+    """Groups of the chosen training-mix sources (and SciFact train), written to one file."""
+    from .groups import GroupsSummary, mine_groups, write_groups
+    from .mix import MIX_ID, SOURCES
 
+    names = [s.strip() for s in a.sources.split(",") if s.strip()]
+    unknown = [s for s in names if s not in SOURCES and s != "scifact"]
+    if unknown or not names:
+        raise UserError(f"--sources: unknown source(s) {unknown or names}; choose from {sorted(SOURCES)} and scifact")
+    options = dict(num_negatives=a.num_negatives, window=window, seed=a.seed, min_relevance=a.min_relevance,
+                   other_positives=a.other_positives)
+    groups, summary = [], GroupsSummary(dataset=a.dataset or MIX_ID)
+    parts = [(a.dataset or MIX_ID, [s for s in names if s != "scifact"])] if set(names) - {"scifact"} else []
+    if "scifact" in names:
+        parts.append(("beir/scifact/train", None))
+    for dataset, sources in parts:
+        kept, part = mine_groups(dataset, sources=sources, per_source=a.per_source, max_queries=a.max_queries,
+                                 **options)
+        groups += kept
+        for key in ("queries", "used", "skipped_no_positive", "topped_up", "positives", "negatives",
+                    "random_negatives", "other_positive_negatives"):
+            setattr(summary, key, getattr(summary, key) + getattr(part, key))
+    write_groups(groups, summary, a.output)
+
+
+def _teacher(argv: Sequence[str]) -> None:
     from .data import read_groups
+    from .teacher import add_teacher_scores, make_scorer
 
     p = _parser("teacher", "add pos_scores/neg_scores (raw logits)")
     p.add_argument("--input", required=True, type=Path)
@@ -101,20 +125,6 @@ def _teacher(argv: Sequence[str]) -> None:
     read_groups([_existing_file(a.input)])  # the whole file checked before the teacher loads
     scorer = make_scorer(a.scorer, a.model, [x for x in a.adapters.split(",") if x], a.shape, a.batch_size, a.dtype)
     add_teacher_scores(a.input, a.output, scorer, verbose=True)
-
-
-def _bm25_target(argv: Sequence[str]) -> None:
-    from .first_stage_target import add_first_stage_target
-
-    p = _parser("bm25_target", "replace teacher scores by the teacher fused with BM25 (per group)")
-    p.add_argument("--input", required=True, type=Path, help="groups with teacher scores")
-    p.add_argument("--output", required=True, type=Path)
-    p.add_argument("--dataset", required=True, help="the ir_datasets id the groups were mined from")
-    p.add_argument("--weight", type=real_between(0.0, 1.0), default=0.5, help="BM25's share in [0, 1]")
-    p.add_argument("--score_in_text", action="store_true",
-                   help="also write each passage's BM25 score before its text, as the model's input")
-    a = p.parse_args(argv)
-    print(add_first_stage_target(_existing_file(a.input), a.output, a.dataset, a.weight, score_in_text=a.score_in_text))
 
 
 def _split(argv: Sequence[str]) -> None:
@@ -148,16 +158,16 @@ def _export(argv: Sequence[str]) -> None:
 def _holdout(argv: Sequence[str]) -> None:
     import json
 
-    from pyterrier_matroyshka.demo import DEFAULT_MAX_LENGTH
-
     from .holdout import holdout_report
+
+    recipe = json.loads((Path(__file__).parent / "configs" / "stage1.json").read_text())
 
     p = _parser("holdout", "RR@10/nDCG@10 on held-out groups")
     p.add_argument("--data", required=True, nargs="+")
     p.add_argument("--model", default="HuggingFaceTB/SmolLM2-135M-Instruct")
     p.add_argument("--adapters", nargs="*", default=[], help="adapter folders merged in order")
     p.add_argument("--shapes", nargs="+", default=["L30"])
-    p.add_argument("--max_length", type=int_at_least(1), default=DEFAULT_MAX_LENGTH,
+    p.add_argument("--max_length", type=int_at_least(1), default=recipe["passage_max_len"],
                    help="passage tokens (the recipe's)")
     p.add_argument("--batch_size", type=int_at_least(1), default=64)
     p.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
@@ -221,8 +231,6 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         _groups(rest)
     elif command == "teacher":
         _teacher(rest)
-    elif command == "bm25_target":
-        _bm25_target(rest)
     elif command == "split":
         _split(rest)
     elif command == "export":
@@ -233,7 +241,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         _stage(command, rest)
 
 
-COMMANDS = ("groups", "teacher", "bm25_target", "split", "export", "holdout") + STAGES
+COMMANDS = ("groups", "teacher", "split", "export", "holdout") + STAGES
 
 if __name__ == "__main__":
     sys.exit(run_cli(main, prog=PROG))

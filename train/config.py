@@ -36,6 +36,7 @@ class StageConfig:
     # data
     train_data: list[str] = field(default_factory=list)
     max_examples_per_file: Optional[int] = None
+    balance_domains: bool = False  #: domains (the groups' ``src``) take turns in every epoch's order
     group_size: int = 16
     batch_size: int = 4  #: queries per micro-batch per process
     grad_accum: int = 4
@@ -46,6 +47,7 @@ class StageConfig:
     epochs: int = 1
     max_steps: Optional[int] = None  #: optimizer steps; default: the epochs' worth
     lr: float = 2e-4
+    lr_schedule: str = "linear"  #: after warm-up: linear, cosine or constant (transformers' schedules)
     warmup_ratio: float = 0.1
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
@@ -99,6 +101,8 @@ class StageConfig:
             raise UserError(f"keep_prob must lie in [0, 1], got {self.keep_prob}")
         if self.group_size < 2:
             raise UserError(f"group_size must be >= 2 (a positive and negatives), got {self.group_size}")
+        if self.lr_schedule not in ("linear", "cosine", "constant"):
+            raise UserError(f"lr_schedule must be 'linear', 'cosine' or 'constant', got {self.lr_schedule!r}")
         if self.loss_reduction not in ("sum", "mean"):
             raise UserError(f"loss_reduction must be 'sum' or 'mean', got {self.loss_reduction!r}")
         _check_ranges(self)

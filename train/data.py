@@ -43,7 +43,8 @@ class Group:
     neg_scores: Optional[tuple[float, ...]] = None
     prompt: Optional[str] = None
     qid: Optional[str] = None
-    source: str = ""
+    source: str = ""  #: where it was read (``file:line``)
+    domain: str = ""  #: the collection or training-mix source it came from (the file's ``src``)
 
     @property
     def has_scores(self) -> bool:
@@ -126,7 +127,8 @@ def parse_group(line: str, where: str) -> Group:
             raise UserError(f"{where}: 'prompt' must be a string, got {prompt!r:.80}")
         _check_text(prompt, f"{where}: 'prompt'")
     qid = record.get("qid")
-    return Group(record["query"], pos, neg, pos_scores, neg_scores, prompt, None if qid is None else str(qid), where)
+    return Group(record["query"], pos, neg, pos_scores, neg_scores, prompt, None if qid is None else str(qid), where,
+                 str(record.get("src") or ""))
 
 
 def read_groups(paths: Union[PathLike, Sequence[PathLike]], max_per_file: Optional[int] = None) -> list[Group]:
@@ -183,11 +185,12 @@ class GroupBatches:
     """
 
     def __init__(self, groups: Sequence[Group], group_size: int, batch_size: int, seed: int = 42,
-                 rank: int = 0, world: int = 1):
+                 rank: int = 0, world: int = 1, balance_domains: bool = False):
         if group_size < 1 or batch_size < 1:
             raise UserError(f"group_size and batch_size must be >= 1, got {group_size} and {batch_size}")
         self.groups, self.group_size, self.batch_size = list(groups), group_size, batch_size
         self.seed, self.rank, self.world = seed, rank, world
+        self.balance_domains = balance_domains
         self.repeated = 0  # groups sampled with repeated negatives so far (this rank)
         if self.per_epoch == 0:
             raise UserError(f"{len(self.groups)} groups cannot fill one micro-batch of {batch_size} queries on "
@@ -201,7 +204,7 @@ class GroupBatches:
     def _order(self, epoch: int) -> list[int]:
         order = list(range(len(self.groups)))
         random.Random(self.seed + epoch).shuffle(order)
-        return order
+        return interleave_domains(order, [g.domain for g in self.groups]) if self.balance_domains else order
 
     def batch(self, micro_step: int) -> list[Sample]:
         """This rank's samples of global micro-batch ``micro_step``."""
@@ -221,6 +224,19 @@ class GroupBatches:
         while True:
             yield self.batch(micro_step)
             micro_step += 1
+
+
+def interleave_domains(order: Sequence[int], domains: Sequence[str]) -> list[int]:
+    """``order`` rearranged so that domains take turns (round robin, in order of first appearance), each
+    domain's groups keeping their order: any window of the epoch then holds every domain about equally, while
+    they last."""
+    queues: dict[str, list[int]] = {}
+    for index in order:
+        queues.setdefault(domains[index], []).append(index)
+    mixed: list[int] = []
+    for turn in range(max(map(len, queues.values()), default=0)):
+        mixed += [queue[turn] for queue in queues.values() if turn < len(queue)]
+    return mixed
 
 
 def collate(samples: Sequence[Sample], encoder: PromptEncoder, device: Optional[torch.device] = None

@@ -14,6 +14,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from pyterrier_matroyshka.adapters import ADAPTER_INFO
 from pyterrier_matroyshka.errors import UserError, check_int
 
 ADAPTER_FILE = "adapter_model.safetensors"
@@ -61,7 +62,7 @@ def export_adapter(source: str | Path, target: str | Path, rank: int, dtype: tor
     (target / "adapter_config.json").write_text(json.dumps(config, indent=2))
     summary = {"source_rank": source_rank, "rank": rank, "energy_kept": kept / total if total else 1.0,
                "bytes": (target / ADAPTER_FILE).stat().st_size}
-    info = source / "matroyshka_adapter.json"
+    info = source / ADAPTER_INFO
     if info.is_file():
         note = json.loads(info.read_text())
         note["export"] = {"rank": rank, "energy_kept": summary["energy_kept"], "dtype": str(dtype)}

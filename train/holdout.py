@@ -37,7 +37,15 @@ def evaluate_groups(scorer: MatroyshkaScorer, groups: Sequence[Group], shape: st
         n_pos, n = len(g.pos), len(g.pos) + len(g.neg)
         per_group.append(ranking_metrics(scores[start:start + n_pos], scores[start + n_pos:start + n]))
         start += n
-    return {k: sum(m[k] for m in per_group) / len(per_group) for k in per_group[0]} | {"groups": len(groups)}
+    report = _mean(per_group)
+    domains = sorted({g.domain for g in groups} - {""})
+    if len(domains) > 1:  # the training mix: each source on its own as well
+        report["by_domain"] = {d: _mean([m for m, g in zip(per_group, groups) if g.domain == d]) for d in domains}
+    return report
+
+
+def _mean(per_group: Sequence[dict]) -> dict:
+    return {k: sum(m[k] for m in per_group) / len(per_group) for k in per_group[0]} | {"groups": len(per_group)}
 
 
 def holdout_report(data: Sequence[str], model: str, adapters: Sequence[str], shapes: Sequence[str],

@@ -6,15 +6,21 @@
 * **stage2**, vertical compensation: a fresh LoRA on the merged stage-1 weights, ratio 1, CE only.
 * **stage3**, horizontal compensation: the same with one fixed ratio (one adapter per ratio).
 
-The same code runs on CPU, one GPU or several (``torchrun`` / ``accelerate launch``: DDP, each rank takes
-its slice of every global micro-batch and all ranks draw the same shape).
+The same code runs on CPU, one GPU or several (``torchrun``: DDP, each rank takes its slice of every global
+micro-batch and all ranks draw the same shape).
+
+Why a loop of our own rather than ``transformers.Trainer`` or ``accelerate``: every micro-step draws a shape
+(exits, compression layers, ratio) that changes the forward pass itself, and all ranks must draw the same one
+(checked with :func:`~train.shape_sampling.assert_same_on_all_ranks`) or DDP's gradient all-reduce would mix
+different graphs; stage 1 also runs a second, uncompressed no-grad pass as the cascade target. Those are a
+few lines here and awkward hooks there. What a library does well is taken from it: the learning-rate schedule
+(transformers, :mod:`train.lr_schedule`), LoRA (peft), DDP (torch).
 """
 from __future__ import annotations
 
 import contextlib
 import json
 import logging
-import math
 import os
 import time
 from dataclasses import dataclass
@@ -24,8 +30,9 @@ from typing import Optional
 import torch
 import torch.distributed as dist
 
-from pyterrier_matroyshka.checkpoint import check_adapter_folders, check_local, load_model
-from pyterrier_matroyshka.errors import UserError
+from pyterrier_matroyshka.adapters import ADAPTER_INFO, check_adapter_folders
+from pyterrier_matroyshka.checkpoint import load_model
+from pyterrier_matroyshka.errors import UserError, check_local
 from pyterrier_matroyshka.model import MatroyshkaModel
 from pyterrier_matroyshka.prompt import PromptEncoder
 from pyterrier_matroyshka.scorer import fast_dtype, resolve_device
@@ -35,11 +42,10 @@ from .checkpoints import latest_checkpoint, load_checkpoint, save_checkpoint
 from .config import StageConfig
 from .data import GroupBatches, check_negatives, collate, read_groups, require_teacher_scores
 from .losses import LossTerms, cascade_anchors, ce_loss, stage1_loss
+from .lr_schedule import lr_scheduler
 from .shape_sampling import ShapeSampler, assert_same_on_all_ranks, candidate_layers
 
 log = logging.getLogger(__name__)
-
-ADAPTER_INFO = "matroyshka_adapter.json"
 
 
 @dataclass
@@ -61,7 +67,7 @@ class Runtime:
 
 
 def setup_runtime(config: StageConfig) -> Runtime:
-    """Join the process group when launched by torchrun/accelerate (``WORLD_SIZE`` > 1); pick device and dtype."""
+    """Join the process group when launched by torchrun (``WORLD_SIZE`` > 1); pick device and dtype."""
     if config.num_threads:
         torch.set_num_threads(config.num_threads)
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -117,17 +123,6 @@ def load_initial_adapter(peft_model, folder: str) -> None:
     log.info("LoRA initialised from %s", folder)
 
 
-def _schedule(total: int, warmup_ratio: float):
-    warmup = math.ceil(total * warmup_ratio)
-
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / (warmup + 1)
-        return max(0.0, (total - step) / max(1, total - warmup))
-
-    return factor
-
-
 class Trainer:
     """One stage's training loop; :meth:`run` trains, checkpoints and saves the adapter."""
 
@@ -140,7 +135,7 @@ class Trainer:
         if config.kd_external:
             require_teacher_scores(self.groups)
         self.batches = GroupBatches(self.groups, config.group_size, config.batch_size, config.seed,
-                                    self.runtime.rank, self.runtime.world)
+                                    self.runtime.rank, self.runtime.world, config.balance_domains)
         self.total_steps = config.max_steps or (self.batches.per_epoch * config.epochs) // config.grad_accum
         if self.total_steps < 1:
             raise UserError(f"{len(self.groups)} groups give {self.batches.per_epoch} micro-batches per epoch, fewer "
@@ -160,8 +155,7 @@ class Trainer:
         self.model = self._wrap_ddp()
         params = [p for p in self.peft_model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer,
-                                                           _schedule(self.total_steps, config.warmup_ratio))
+        self.scheduler = lr_scheduler(self.optimizer, config.lr_schedule, self.total_steps, config.warmup_ratio)
         self.output = Path(config.output_dir)
         self.step = 0
         self.bugs = frozenset(config.reference_bugs)

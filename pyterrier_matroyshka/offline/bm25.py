@@ -74,6 +74,17 @@ def _quiet(quiet: bool = True):
             os.close(copy)
 
 
+def _pisa_index_class():
+    """``pyterrier_pisa.PisaIndex``, imported on first use: the re-ranker itself does not need PISA."""
+    try:
+        from pyterrier_pisa import PisaIndex
+    except ImportError as err:
+        raise ImportError("BM25 here runs on PISA, which is not installed: pip install "
+                          "'pyterrier-matroyshka[bm25]' (or give the re-ranker candidates from another first "
+                          "stage)") from err
+    return PisaIndex
+
+
 def pisa_index(dataset: str, text_fields: Sequence[str] | None = None, stemmer: str = "porter2",
                verbose: bool = False):
     """The PISA index of ``dataset``'s corpus, built once into ``cache_dir('pisa', ...)`` and reused.
@@ -89,8 +100,7 @@ def pisa_index(dataset: str, text_fields: Sequence[str] | None = None, stemmer: 
         last by pyterrier-pisa) exists; it is built in a temporary folder and moved into place, so an
         interrupted build is never mistaken for a complete one.
     """
-    from pyterrier_pisa import PisaIndex
-
+    PisaIndex = _pisa_index_class()
     parent, default_fields = _corpus(dataset)
     fields = tuple(text_fields or default_fields)
     name = f"{re.sub(r'[^A-Za-z0-9.-]+', '_', parent)}.{'+'.join(fields)}.{stemmer}"
@@ -118,14 +128,17 @@ def text_loader(dataset: str, text_fields: Sequence[str] | None = None, text_fie
     loader = pt.text.get_text(pt_dataset(dataset), fields)
 
     def add_text(df: pd.DataFrame) -> pd.DataFrame:
-        if df.empty:
-            return df.assign(**{text_field: pd.Series(dtype=object)})
         try:
             df = loader(df)
         except KeyError:
             _refuse_missing_docnos(dataset, df)
             raise
-        text = df[fields].fillna("").astype(str).agg(" ".join, axis=1).str.strip()
+        # column by column: DataFrame.agg(" ".join, axis=1) returns a frame, not a Series, for an empty frame
+        parts = df[fields].fillna("").astype(str)
+        text = parts[fields[0]]
+        for field in fields[1:]:
+            text = text + " " + parts[field]
+        text = text.str.strip()
         return df.drop(columns=fields).assign(**{text_field: text})
 
     return pt.apply.generic(add_text)
