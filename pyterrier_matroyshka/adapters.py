@@ -10,7 +10,9 @@ from pathlib import Path
 from typing import Mapping, Optional, Sequence, Union
 
 import torch
+from safetensors import SafetensorError
 
+from .errors import UserError, check_local, unreadable
 from .model import MatroyshkaModel
 
 AdapterSpec = Union[None, str, Sequence[str], Mapping[str, str]]
@@ -30,15 +32,35 @@ def adapter_items(adapters: AdapterSpec) -> list[tuple[str, str]]:
     return [(Path(path).name.replace(".", "_") or f"adapter_{i}", str(path)) for i, path in enumerate(adapters)]
 
 
+def check_adapter_folders(adapters: AdapterSpec, unique_names: bool) -> list[tuple[str, str]]:
+    """:func:`adapter_items`, each an adapter folder that is there (or may be a hub id); with ``unique_names``
+    (switchable adapters, told apart by name) two folders of one name are refused: the second would
+    silently replace the first."""
+    items = adapter_items(adapters)
+    seen: dict[str, str] = {}
+    for name, path in items:
+        check_local(path, "adapter folder")
+        if os.path.isdir(path) and not os.path.isfile(os.path.join(path, "adapter_config.json")):
+            raise UserError(f"adapter folder {path} holds no adapter_config.json: not a PEFT LoRA adapter")
+        if unique_names and name in seen:
+            raise UserError(f"adapters {seen[name]} and {path} are both called {name!r} (their folder name): the "
+                            "second would replace the first. Rename a folder, or name them: "
+                            "{'vertical': folder1, 'r2': folder2}")
+        seen[name] = path
+    return items
+
+
 def apply_adapters(model: MatroyshkaModel, adapters: AdapterSpec, merge: bool = True):
     """Load LoRA adapters onto ``model``: merged one after another (``W += scale * B @ A``), or kept
     as named, switchable adapters (returns a ``PeftModel``)."""
     from peft import PeftConfig, PeftModel
 
-    items = adapter_items(adapters)
+    items = check_adapter_folders(adapters, unique_names=not merge)
     peft_model = None
     for name, path in items:
-        config = PeftConfig.from_pretrained(path)
+        _check_adapter_note(model, path)
+        with unreadable(path, "adapter config", OSError, ValueError):
+            config = PeftConfig.from_pretrained(path)
         config.task_type = None  # a plain PeftModel: the wrapper is not a generation model
         config.inference_mode = True
         try:
@@ -46,10 +68,13 @@ def apply_adapters(model: MatroyshkaModel, adapters: AdapterSpec, merge: bool = 
                 peft_model = PeftModel.from_pretrained(model, path, adapter_name=name, config=config)
             else:
                 peft_model.load_adapter(path, adapter_name=name, peft_config=config)
+        except (OSError, SafetensorError) as err:
+            raise UserError(f"{path}: cannot read the adapter weights ({' '.join(str(err).split())[:240]}): the "
+                            "files are damaged or incomplete") from err
         except (RuntimeError, ValueError) as err:
-            raise ValueError(f"adapter {path} does not fit this model ({model.config.model_type}, "
-                             f"{model.num_layers} layers, hidden {model.config.hidden_size}, "
-                             f"{len(model.exit_depths)} heads): {err}") from err
+            raise UserError(f"adapter {path} does not fit this model ({model.config.model_type}, "
+                            f"{model.num_layers} layers, hidden {model.config.hidden_size}, "
+                            f"{len(model.exit_depths)} heads): {err}") from err
         _check_adapter_loaded(peft_model, name, path)
         if merge:
             model = peft_model.merge_and_unload()
@@ -58,14 +83,44 @@ def apply_adapters(model: MatroyshkaModel, adapters: AdapterSpec, merge: bool = 
 
 
 def _check_adapter_loaded(peft_model, name: str, path: str) -> None:
-    """PEFT warns, but loads, when adapter weights have no module to go to; refuse instead."""
+    """PEFT warns, but loads, when adapter weights have no module to go to, and leaves modules the file has
+    no weights for at their fresh initialisation (an adapter for fewer layers); refuse both, naming them."""
     from peft.utils import load_peft_weights
 
-    saved = load_peft_weights(path)
+    saved = set(load_peft_weights(path))
     own = {k for k, _ in peft_model.named_parameters() if f".{name}." in k or k.endswith(f".{name}")}
-    if len(own) < len(saved):
-        raise ValueError(f"adapter {path} holds {len(saved)} LoRA tensors but only {len(own)} found a module "
-                         "in this model: it was trained for another base")
+    own_lora = {k.replace(f".{name}.", ".") for k in own if ".lora_" in k}
+    saved_lora = {k for k in saved if ".lora_" in k}
+    core = unwrap(peft_model)
+    model = f"this model ({core.num_layers} layers, {len(core.exit_depths)} heads)"
+    if len(own) < len(saved) or saved_lora - own_lora:
+        unused = sorted(saved_lora - own_lora) or sorted(saved)
+        raise UserError(f"adapter {path} holds {len(saved)} tensors but only {len(own)} found a module in {model}, "
+                        f"e.g. {_short(unused[0])}: it was trained for another base")
+    untrained = sorted(own_lora - saved_lora)
+    if untrained:
+        raise UserError(f"adapter {path} has no weights for {len(untrained)} LoRA tensor(s) of {model}, e.g. "
+                        f"{_short(untrained[0])}: it was trained for a model with fewer layers or heads")
+
+
+def _short(key: str) -> str:
+    return key.removeprefix("base_model.model.")
+
+
+def _check_adapter_note(model, path: str) -> None:
+    """A project adapter's note (``matroyshka_adapter.json``) says which exits it was trained for; refuse
+    it on a model whose exits differ."""
+    core = unwrap(model)
+    info = adapter_info(path) if os.path.isdir(path) else {}
+    trained = {k: info[k] for k in ("start_layer", "layer_sep") if k in info}
+    own = {"start_layer": core.start_layer, "layer_sep": core.layer_sep}
+    differ = {k: (v, own[k]) for k, v in trained.items() if v != own[k]}
+    deepest = max(info.get("exits") or [0])
+    if differ or deepest > core.num_layers:
+        detail = ", ".join(f"{k} {a} (model {b})" for k, (a, b) in differ.items()) or \
+            f"exits up to {deepest} (model has {core.num_layers} layers)"
+        raise UserError(f"adapter {path} was trained for other exits: {detail}; load it on the model it was "
+                        "trained on")
 
 
 def _check_switchable(model, names: Optional[Sequence[str]]) -> bool:
@@ -74,12 +129,12 @@ def _check_switchable(model, names: Optional[Sequence[str]]) -> bool:
 
     if not isinstance(model, PeftModel):
         if names:
-            raise ValueError("adapters were merged at load time; load with merge_adapters=False to switch them")
+            raise UserError("adapters were merged at load time; load with merge_adapters=False to switch them")
         return False
     available = list(model.peft_config)
     unknown = [n for n in names or [] if n not in available]
     if unknown:
-        raise ValueError(f"unknown adapter(s) {unknown}; this model has {available}")
+        raise UserError(f"unknown adapter(s) {unknown}; this model has {available}")
     return True
 
 
@@ -139,7 +194,15 @@ def adapter_info(path: str) -> dict:
     """What a project-trained adapter was trained for (``kind``: vertical/horizontal, ``ratios``);
     empty for adapters without the note (e.g. the released ones)."""
     note = Path(path) / ADAPTER_INFO
-    return json.loads(note.read_text()) if note.is_file() else {}
+    if not note.is_file():
+        return {}
+    try:
+        info = json.loads(note.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as err:
+        raise UserError(f"{note} is not valid JSON ({err}); restore it or delete it") from None
+    if not isinstance(info, dict):
+        raise UserError(f"{note} must hold a JSON object, got {type(info).__name__}")
+    return info
 
 
 def pick_adapters(ratio: int, infos: Mapping[str, dict]) -> list[str]:

@@ -6,24 +6,73 @@
     evaluate    nDCG@10 / RR@10 (or --measures) of TREC runs against a dataset's or a file's qrels
     experiment  BM25 top-k re-ranked at several shapes: a table of effectiveness, cost and time
     budget      the best shape or cascade for a cost budget, chosen on development topics (Pareto frontier)
+
+Bad input stops a command with one line and exit code 2; --debug shows the traceback.
 """
 from __future__ import annotations
 
 import argparse
 import copy
 import logging
+import os
 import sys
 import warnings
 from typing import Optional, Sequence
 
 import ir_measures
+from ir_measures import RR, nDCG
 
+from .errors import ArgumentParser, UserError, int_at_least, run_cli
+
+PROG = "python -m pyterrier_matroyshka"
 DEFAULT_SHAPES = ["L30", "L20", "L10", "L30:r2@4", "L30:r4@4"]
 VARIANT_WEIGHT = "variant"  #: a bare --fuse: the pretrained variant's own weight
 
 
 def _weight_or_variant(text: str):
-    return text if text == VARIANT_WEIGHT else float(text)
+    """--fuse's value: 'variant' or a number in [0, 1]."""
+    if text == VARIANT_WEIGHT:
+        return text
+    try:
+        weight = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number (give the first stage's share in [0, 1], "
+                                         "or no value for the variant's)") from None
+    if not 0.0 <= weight <= 1.0:
+        raise argparse.ArgumentTypeError(f"fusion weight {weight:g} is outside [0, 1]: 0 keeps the re-ranker's "
+                                         "order, 1 the first stage's")
+    return weight
+
+
+def _shape(text: str) -> str:
+    """A shape string that parses (checked against the model's exits once it is loaded)."""
+    from .shape import Shape
+
+    try:
+        Shape.parse(text)
+    except UserError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+    return text
+
+
+def _shape_or_cascade(text: str) -> str:
+    """A shape, or a cascade such as ``L6 top30 > L20``, that parses."""
+    if ">" not in text:
+        return _shape(text)
+    from .cascade_plan import CascadePlan
+
+    try:
+        CascadePlan.parse(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+    return text
+
+
+def _measure(text: str):
+    try:
+        return ir_measures.parse_measure(text)
+    except Exception:  # ir_measures raises ValueError, NameError, ... for a name it does not know
+        raise argparse.ArgumentTypeError(f"unknown measure {text!r}; e.g. nDCG@10, RR@10, AP, R@100, P@5") from None
 
 
 def _model_args(parser: argparse.ArgumentParser) -> None:
@@ -41,8 +90,8 @@ def _model_args(parser: argparse.ArgumentParser) -> None:
                              "of the weights in memory (default: on for a variant, off for --model)")
     parser.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
     parser.add_argument("--device", default=None)
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--max-length", type=int, default=None, help="passage token budget (default: the "
+    parser.add_argument("--batch-size", type=int_at_least(1), default=32)
+    parser.add_argument("--max-length", type=int_at_least(1), default=None, help="passage token budget (default: the "
                                                                      "variant's, as trained; 512 for --model)")
     parser.add_argument("--reference-compat", action="store_true", help="replay the reference's bugs B1 and B2")
     parser.add_argument("--fuse", nargs="?", type=_weight_or_variant, const=VARIANT_WEIGHT, default=None,
@@ -61,37 +110,40 @@ def _candidate_args(parser: argparse.ArgumentParser, pyserini: bool = False) -> 
         parser.add_argument("--topics", default=None, help="with --index: a topics file (TREC, or qid<TAB>query "
                                                            "per line) or a Pyserini topic name")
     parser.add_argument("--run", default=None, help="TREC run of candidates (default: PISA BM25)")
-    parser.add_argument("--top-k", type=int, default=100, help="candidates per query")
-    parser.add_argument("--queries", type=int, default=None, help="only the first N queries (quick runs)")
+    parser.add_argument("--top-k", type=int_at_least(1), default=100, help="candidates per query")
+    parser.add_argument("--queries", type=int_at_least(1), default=None, help="only the first N queries (quick runs)")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m pyterrier_matroyshka", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-v", "--verbose", action="store_true")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an input error")
     commands = parser.add_subparsers(dest="command", required=True)
+    debug = ArgumentParser(add_help=False)
+    debug.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                       help="show the traceback of an input error")
 
-    seed = commands.add_parser("seed", help="seed ir_datasets from local archives")
+    seed = commands.add_parser("seed", help="seed ir_datasets from local archives", parents=[debug])
     seed.add_argument("--source", default=None, help="folder in the ../shared/data layout")
 
-    rerank = commands.add_parser("rerank", help="re-rank candidates and write a TREC run")
+    rerank = commands.add_parser("rerank", help="re-rank candidates and write a TREC run", parents=[debug])
     _candidate_args(rerank, pyserini=True)
     _model_args(rerank)
-    rerank.add_argument("--shape", default=None, help="e.g. L30, L20:r2@4 (default: deepest exit)")
+    rerank.add_argument("--shape", type=_shape, default=None, help="e.g. L30, L20:r2@4 (default: deepest exit)")
     rerank.add_argument("--output", required=True, help="TREC run to write")
 
     evaluate = commands.add_parser("evaluate", help="evaluate TREC runs (pt.Experiment: the first run is the "
-                                                    "baseline of Holm-corrected paired t-tests)")
+                                                    "baseline of Holm-corrected paired t-tests)", parents=[debug])
     evaluate.add_argument("--dataset", default=None, help="ir_datasets id whose qrels to use")
     evaluate.add_argument("--qrels", default=None, help="or a TREC qrels file or a Pyserini qrels name")
     evaluate.add_argument("runs", nargs="+")
-    evaluate.add_argument("--measures", nargs="*", default=["nDCG@10", "RR@10"],
+    evaluate.add_argument("--measures", nargs="+", type=_measure, default=[nDCG @ 10, RR @ 10],
                           help="ir_measures names, e.g. nDCG@10 RR@10 R@100")
 
-    experiment = commands.add_parser("experiment", help="compare shapes on a dataset")
+    experiment = commands.add_parser("experiment", help="compare shapes on a dataset", parents=[debug])
     _candidate_args(experiment)
     _model_args(experiment)
-    experiment.add_argument("--shapes", nargs="+", default=None,
+    experiment.add_argument("--shapes", nargs="+", type=_shape_or_cascade, default=None,
                             help=f"shapes (or cascades, e.g. 'L6 top30 > L20') to compare (default for 30 layers: "
                                  f"{' '.join(DEFAULT_SHAPES)})")
     experiment.add_argument("--teacher", action="store_true", help="add the MiniLM cross-encoder as a row")
@@ -122,16 +174,16 @@ def _scorer(args):
 
     options = dict(dtype=args.dtype, device=args.device, batch_size=args.batch_size,
                    reference_compat=args.reference_compat, verbose=args.verbose)
-    if args.max_length:
+    if args.max_length is not None:
         options["max_length"] = args.max_length
     if args.merge_compensation is not None:
         options["merge_compensation"] = args.merge_compensation
     if args.model is None:
         if args.adapters is not None or args.compensation is not None:
-            raise SystemExit("--adapters and --compensation go with --model; a --variant brings its own")
+            raise UserError("--adapters and --compensation go with --model; a --variant brings its own")
         return MatroyshkaScorer.from_pretrained(args.variant, **options)
     if args.variant is not None:
-        raise SystemExit("give either --variant or --model, not both")
+        raise UserError("give either --variant or --model, not both")
     return MatroyshkaScorer(args.model, adapters=args.adapters, compensation=args.compensation, **options)
 
 
@@ -147,8 +199,8 @@ def _fusion_weight(args) -> Optional[float]:
         check_weight(args.fuse)
         return args.fuse
     if args.model is not None:
-        raise SystemExit("--fuse without a weight means the pretrained variant's weight; for --model give one, "
-                         "e.g. --fuse 0.3, chosen on held-out training queries")
+        raise UserError("--fuse without a weight means the pretrained variant's weight; for --model give one, "
+                        "e.g. --fuse 0.3, chosen on held-out training queries")
     return variant(args.variant).fusion_weight
 
 
@@ -157,12 +209,30 @@ def _candidates(args):
 
     if getattr(args, "index", None):
         return _lucene_candidates(args)
+    if args.run is not None and not os.path.isfile(args.run):
+        raise UserError(f"run file {args.run} does not exist" if not os.path.exists(args.run)
+                        else f"run file {args.run} is not a file")
     candidates = first_stage(args.dataset, args.top_k, args.run)
+    given = len(candidates)
+    if given == 0:
+        raise UserError(f"no candidates to re-rank: {args.run or 'the first stage'} gave no rows for {args.dataset}")
     candidates = candidates[candidates["rank"] < args.top_k]
     if args.queries:
         keep = list(dict.fromkeys(candidates["qid"]))[: args.queries]
         candidates = candidates[candidates["qid"].isin(keep)]
+    if len(candidates) < given:  # rows left out on purpose are counted, never dropped silently
+        print(f"kept {len(candidates)} of {given} candidate rows (--top-k {args.top_k}"
+              + (f", --queries {args.queries})" if args.queries else ")"), file=sys.stderr)
     return candidates.reset_index(drop=True)
+
+
+def _check_output(path: str) -> None:
+    """The run can be written where asked: checked before any scoring."""
+    folder = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        raise UserError(f"--output {path} is a folder; give a file name, e.g. {os.path.join(path, 'run.txt')}")
+    if not os.path.isdir(folder):
+        raise UserError(f"--output {path}: the folder {folder} does not exist")
 
 
 def _lucene_candidates(args):
@@ -178,12 +248,12 @@ def _lucene_candidates(args):
 def _check_candidate_source(args) -> None:
     if getattr(args, "index", None) is None and getattr(args, "topics", None) is None:
         if args.dataset is None:
-            raise SystemExit("give --dataset (an ir_datasets id), or --index (a Lucene index) and --topics")
+            raise UserError("give --dataset (an ir_datasets id), or --index (a Lucene index) and --topics")
         return
     if args.index is None or args.topics is None:
-        raise SystemExit("--index and --topics go together: a Lucene index and a topics file or Pyserini topic name")
+        raise UserError("--index and --topics go together: a Lucene index and a topics file or Pyserini topic name")
     if args.dataset is not None or args.run is not None:
-        raise SystemExit("--index/--topics take the candidates from the index: leave out --dataset and --run")
+        raise UserError("--index/--topics take the candidates from the index: leave out --dataset and --run")
 
 
 def cmd_seed(args) -> None:
@@ -198,13 +268,17 @@ def cmd_rerank(args) -> None:
 
     _check_candidate_source(args)
     weight = _fusion_weight(args)
+    _check_output(args.output)
+    candidates = _candidates(args)  # the data, checked before the model loads
     reranker = MatroyshkaReRanker(scorer=_scorer(args), shape=args.shape, verbose=True)
     name = f"matroyshka-{reranker.shape}"
     if weight is not None:
         from .fusion import FirstStageFusion
 
         reranker, name = FirstStageFusion(reranker, weight), f"{name}-fused{weight:g}"
-    result = reranker(_candidates(args))
+    result = reranker(candidates)
+    if len(result) != len(candidates):  # never write a run that lost rows
+        raise RuntimeError(f"the re-ranker returned {len(result)} rows for {len(candidates)} candidates")
     path = write_trec_run(result, args.output, run_name=name)
     print(f"wrote {len(result)} rows for {result['qid'].nunique()} queries to {path}")
 
@@ -216,7 +290,7 @@ def cmd_evaluate(args) -> None:
     from .shape_comparison import format_table
     from .trec import read_trec_run
 
-    measures = [ir_measures.parse_measure(m) for m in args.measures]
+    measures = args.measures  # parsed by argparse: an unknown one stops before any file is read
     runs = [read_trec_run(run) for run in args.runs]
     # the runs' queries (a query missing from one run counts 0 there), not every query of the qrels
     topics = pd.DataFrame({"qid": list(dict.fromkeys(q for run in runs for q in run["qid"]))})
@@ -228,7 +302,7 @@ def cmd_evaluate(args) -> None:
 
 def _qrels(args):
     if (args.dataset is None) == (args.qrels is None):
-        raise SystemExit("give one of --dataset (an ir_datasets id) or --qrels (a qrels file or Pyserini qrels name)")
+        raise UserError("give one of --dataset (an ir_datasets id) or --qrels (a qrels file or Pyserini qrels name)")
     if args.qrels is not None:
         from .pyserini import read_qrels
 
@@ -245,6 +319,7 @@ def cmd_experiment(args) -> None:
     from .time_estimate import estimate_seconds, plan_text
 
     weight = _fusion_weight(args)
+    candidates = _candidates(args)  # the data, checked before the model loads
     reranker = MatroyshkaReRanker(scorer=_scorer(args), verbose=True)
     shapes = args.shapes or default_shapes(reranker.scorer.exits)
     systems = {"BM25": None}
@@ -252,8 +327,7 @@ def cmd_experiment(args) -> None:
         from .offline.minilm import MiniLMCrossEncoder
 
         systems["MiniLM-L12 teacher"] = MiniLMCrossEncoder(verbose=True)
-    systems.update({str(shape): reranker.with_shape(shape) for shape in shapes})
-    candidates = _candidates(args)
+    systems.update({str(shape): reranker.with_shape(shape) for shape in shapes})  # each checked, before scoring
     scorer = reranker.scorer
     print(f"{args.dataset}: {candidates['qid'].nunique()} queries, top {args.top_k} candidates; model "
           f"{scorer.name} ({str(scorer.dtype).removeprefix('torch.')} on {scorer.device}). Will run:", flush=True)
@@ -321,8 +395,11 @@ def default_shapes(exits: Sequence[int]) -> list[str]:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run one command; bad input raises :class:`~pyterrier_matroyshka.errors.UserError` (see :func:`cli`)."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
+    if not args.verbose:  # ir_datasets logs every docstore it opens
+        logging.getLogger("ir_datasets").setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", message=".*Pandas4Warning.*")
     try:
         import transformers
@@ -337,5 +414,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     return 0
 
 
+def cli(argv: Optional[Sequence[str]] = None) -> int:
+    """The command line: :func:`main`, with bad input reported as one line and exit code 2."""
+    return run_cli(main, argv, prog=PROG)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli())

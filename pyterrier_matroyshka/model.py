@@ -15,6 +15,7 @@ from torch.utils.checkpoint import checkpoint
 
 from .compress import compress_passages, scoring_token_attention
 from .forward_state import ForwardState
+from .errors import UserError
 from .shape import BackboneDims, Shape
 
 SUPPORTED_BACKBONES = ("llama", "mistral", "qwen2", "qwen3")
@@ -41,14 +42,14 @@ class MatroyshkaModel(nn.Module):
         model_type = getattr(backbone.config, "model_type", "?")
         if model_type not in SUPPORTED_BACKBONES or not all(
                 hasattr(backbone, a) for a in ("embed_tokens", "layers", "norm", "rotary_emb")):
-            raise ValueError(f"unsupported backbone architecture {model_type!r}: the Matroyshka forward drives "
-                             f"decoder layers of {', '.join(SUPPORTED_BACKBONES)} models")
+            raise UserError(f"unsupported backbone architecture {model_type!r}: the Matroyshka forward drives "
+                            f"decoder layers of {', '.join(SUPPORTED_BACKBONES)} models")
         self.model = backbone
         self.lm_head = heads
         self.start_layer, self.layer_sep = start_layer, layer_sep
         if len(heads) != len(self.exit_depths):
-            raise ValueError(f"{len(heads)} heads for exits {self.exit_depths} (start_layer {start_layer}, "
-                             f"layer_sep {layer_sep}, {self.num_layers} layers): the checkpoint and its config disagree")
+            raise UserError(f"{len(heads)} heads for exits {self.exit_depths} (start_layer {start_layer}, "
+                            f"layer_sep {layer_sep}, {self.num_layers} layers): the checkpoint and its config disagree")
         self.gradient_checkpointing = False
         # The layer-by-layer loop passes its own mask; SDPA works with it, eager would also.
         backbone.config._attn_implementation = "sdpa"
@@ -181,5 +182,5 @@ def reference_bug_set(reference_compat: bool | Sequence[str]) -> frozenset[str]:
         return frozenset()
     bugs = frozenset(reference_compat)
     if not bugs <= REFERENCE_BUGS:
-        raise ValueError(f"reference_compat names unknown bugs {sorted(bugs - REFERENCE_BUGS)}; use B1 and/or B2")
+        raise UserError(f"reference_compat names unknown bugs {sorted(bugs - REFERENCE_BUGS)}; use B1 and/or B2")
     return bugs

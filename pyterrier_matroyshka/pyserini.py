@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Protocol, Sequence, Union
 
+import numpy as np
 import pandas as pd
 
 __all__ = ["INSTALL_HINT", "SimpleHit", "configure_java", "java_env", "configured_java_home", "java_version",
@@ -396,10 +397,14 @@ def rerank_hits(scorer: PairScorer, query: str, hits: Sequence[Any], searcher: A
 def _fuse(hits: Sequence[Any], scores: list[float], weight: float) -> list[float]:
     from .fusion import interpolate
 
+    from .errors import UserError
+
     first = pd.Series([float(h.score) for h in hits])
-    if first.isna().any():
-        docid = hits[int(first.isna().to_numpy().argmax())].docid
-        raise ValueError(f"hit {docid!r} has no first-stage score (NaN): fusion needs one for every hit")
+    bad = ~np.isfinite(first.to_numpy())
+    if bad.any():
+        hit = hits[int(bad.argmax())]
+        problem = "no first-stage score (NaN)" if math.isnan(float(hit.score)) else f"a non-finite score {hit.score}"
+        raise UserError(f"hit {hit.docid!r} has {problem}: fusion needs a finite score for every hit")
     return interpolate(pd.Series(0, index=first.index), first, pd.Series(scores), weight).tolist()
 
 

@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 import pyterrier as pt
 
+from .errors import UserError, check_int, text_problem
 from .scorer import MatroyshkaScorer
 from .shape import Shape, ShapeLike
 
@@ -38,12 +39,13 @@ class MatroyshkaReRanker(pt.Transformer):
     def __init__(self, model: Optional[str] = None, *, scorer: Optional[MatroyshkaScorer] = None,
                  shape: Optional[ShapeLike] = None, batch_size: Optional[int] = None, text_field: str = "text",
                  verbose: bool = False, normalize: bool = False, **scorer_kwargs):
+        check_int("batch_size", batch_size, 1, optional=True)
         if scorer is None:
             if model is None:
-                raise ValueError("give a model (folder or hub id) or a loaded scorer=")
+                raise UserError("give a model (folder or hub id) or a loaded scorer=")
             scorer = MatroyshkaScorer(model, **scorer_kwargs)
         elif model is not None or scorer_kwargs:
-            raise ValueError("give either a model to load (with its options) or a loaded scorer=, not both")
+            raise UserError("give either a model to load (with its options) or a loaded scorer=, not both")
         self.scorer = scorer
         self.shape = Shape.coerce(shape).validate(scorer.exits) if shape is not None else scorer.shape
         self.batch_size, self.text_field = batch_size, text_field
@@ -123,14 +125,22 @@ class MatroyshkaReRanker(pt.Transformer):
                                                    err.modes) from err
 
     def _check_text(self, inp: pd.DataFrame) -> None:
+        """Every row has a qid and docno, and text a tokenizer can read; errors name the first bad row."""
+        for column in ("qid", "docno"):
+            missing = inp[column].isna()
+            if missing.any():
+                row = int(missing.to_numpy().nonzero()[0][0])
+                raise UserError(f"column {column!r} is missing (None/NaN) in row {row} and {int(missing.sum()) - 1} "
+                                f"other row(s); every candidate needs a qid and a docno")
         for column in ("query", self.text_field):
-            bad = ~inp[column].map(lambda v: isinstance(v, str))
+            problems = inp[column].map(text_problem)
+            bad = problems.notna()
             if bad.any():
                 row = inp[bad].iloc[0]
-                where = f"qid {row['qid']!r}" + (f", docno {row['docno']!r}" if "docno" in inp.columns else "")
-                raise ValueError(f"column {column!r} holds {row[column]!r} (not a string) at {where} and "
-                                 f"{int(bad.sum()) - 1} other row(s); fill or drop those rows first "
-                                 f"(e.g. pt.text.get_text(dataset, '{self.text_field}') for missing texts)")
+                where = f"qid {row['qid']!r}, docno {row['docno']!r}"
+                raise UserError(f"column {column!r} at {where} {problems[bad].iloc[0]}; {int(bad.sum()) - 1} other "
+                                f"row(s) too. Fill, clean or drop those rows first "
+                                f"(e.g. pt.text.get_text(dataset, '{self.text_field}') for missing texts)")
 
     def __repr__(self) -> str:
         return f"MatroyshkaReRanker({self.shape})"

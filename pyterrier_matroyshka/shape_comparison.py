@@ -17,6 +17,7 @@ from ir_measures import RR, nDCG
 
 from .cascade import MatroyshkaCascade
 from .cascade_plan import CascadePlan
+from .errors import UserError, check_int
 from .fusion import fuse
 from .reranker import MatroyshkaReRanker
 from .shape import ShapeLike
@@ -30,11 +31,19 @@ def first_stage(dataset: str, num_results: int = 100, run: Optional[str] = None)
     from .offline.bm25 import bm25, dl19_bm25_run, text_loader
     from .offline.collections import DL19_ID, pt_dataset
 
+    check_int("num_results (top-k)", num_results, 1)
     topics = pt_dataset(dataset).get_topics()
     if run is not None:
         from .trec import read_trec_run
 
-        frame = read_trec_run(run).merge(topics, on="qid", how="inner")
+        frame = read_trec_run(run)
+        if frame.empty:
+            raise UserError(f"run file {run} holds no lines: nothing to re-rank")
+        unknown = list(dict.fromkeys(frame.loc[~frame["qid"].isin(set(topics["qid"])), "qid"]))
+        if unknown:  # an inner merge would drop their rows without a word
+            raise UserError(f"{run}: {len(unknown)} qid(s) are not among the topics of {dataset}: {unknown[:5]}; "
+                            "give a run of this dataset's queries (or drop those lines)")
+        frame = frame.merge(topics, on="qid", how="left", validate="many_to_one")
         return text_loader(dataset)(frame)
     if dataset.removeprefix("irds:") == DL19_ID:
         frame = dl19_bm25_run()

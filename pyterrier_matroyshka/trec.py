@@ -7,10 +7,14 @@ Files ending in ``.gz`` are (de)compressed on the fly.
 from __future__ import annotations
 
 import gzip
+import math
 from pathlib import Path
 from typing import IO, Union
 
+import numpy as np
 import pandas as pd
+
+from .errors import UserError, numbered_lines
 
 __all__ = ["write_trec_run", "read_trec_run", "TREC_COLUMNS"]
 
@@ -38,6 +42,11 @@ def _ranked(df: pd.DataFrame) -> pd.DataFrame:
     return df.reset_index(drop=True)
 
 
+def _first(mask) -> int:
+    """The position of the first True in a boolean mask."""
+    return int(np.asarray(mask).nonzero()[0][0])
+
+
 def write_trec_run(df: pd.DataFrame, path: PathLike, run_name: str = "matroyshka") -> Path:
     """Write a results frame (columns ``qid``, ``docno``, ``score``) as a TREC run file and return its path.
 
@@ -47,13 +56,20 @@ def write_trec_run(df: pd.DataFrame, path: PathLike, run_name: str = "matroyshka
     """
     missing = [c for c in ("qid", "docno", "score") if c not in df.columns]
     if missing:
-        raise ValueError(f"write_trec_run: the frame lacks column(s) {missing}; it has {list(df.columns)}")
-    if not run_name or any(ch.isspace() for ch in run_name):
-        raise ValueError(f"write_trec_run: run_name must be one non-empty word, got {run_name!r}")
+        raise UserError(f"write_trec_run: the frame lacks column(s) {missing}; it has {list(df.columns)}")
+    if not isinstance(run_name, str) or not run_name or any(ch.isspace() for ch in run_name):
+        raise UserError(f"write_trec_run: run_name must be one non-empty word, got {run_name!r}")
     for col in ("qid", "docno"):
-        bad = df[col].astype(str).str.contains(r"\s|^$", regex=True)
+        bad = df[col].isna() | df[col].astype(str).str.contains(r"\s|^$", regex=True)
         if bad.any():
-            raise ValueError(f"write_trec_run: {col} {df[col][bad].iloc[0]!r} is empty or contains whitespace")
+            raise UserError(f"write_trec_run: {col} {df[col][bad].iloc[0]!r} (row {_first(bad)}) is missing, empty "
+                            "or contains whitespace")
+    scores = pd.to_numeric(df["score"], errors="coerce").to_numpy(dtype="float64")
+    bad = ~np.isfinite(scores)
+    if bad.any():
+        row = df.iloc[_first(bad)]
+        raise UserError(f"write_trec_run: score {row['score']!r} of qid {row['qid']!r}, docno {row['docno']!r} is "
+                        f"not a finite number ({int(bad.sum())} row(s) in all); a run file holds finite scores only")
     ranked = _ranked(df)
     path = Path(path)
     with _open(path, "w") as f:
@@ -67,29 +83,34 @@ def read_trec_run(path: PathLike) -> pd.DataFrame:
     ``rank`` (int, 0-based, recomputed from the scores within each query; the file's own ranks are only
     checked to be integers).
 
-    Blank lines are skipped. Raises ``ValueError`` naming the file and 1-based line number of the first
-    malformed line (not 6 fields, or a rank/score that is not a number).
+    Blank lines are skipped; a UTF-8 byte-order mark at the start is dropped. Raises
+    :class:`~pyterrier_matroyshka.errors.UserError` (a ``ValueError``) naming the file and 1-based line number
+    of the first malformed line (not 6 fields, a rank that is not a whole number, a score that is not a finite
+    number, bytes that are not UTF-8).
     """
     rows: list[tuple[str, str, float]] = []
-    with _open(path, "r") as f:
-        for lineno, line in enumerate(f, start=1):
-            fields = line.split()
-            if not fields:
-                continue
-            where = f"{path}, line {lineno}"
-            if len(fields) != 6:
-                raise ValueError(f"{where}: expected 6 fields 'qid Q0 docno rank score tag', "
-                                 f"got {len(fields)}: {line.rstrip()!r}")
-            qid, _, docno, rank, score, _ = fields
-            try:
-                int(rank)
-            except ValueError:
-                raise ValueError(f"{where}: rank {rank!r} is not an integer: {line.rstrip()!r}") from None
-            try:
-                value = float(score)
-            except ValueError:
-                raise ValueError(f"{where}: score {score!r} is not a number: {line.rstrip()!r}") from None
-            rows.append((qid, docno, value))
+    opener = gzip.open if str(path).endswith(".gz") else None
+    for lineno, line in numbered_lines(path, opener):
+        fields = line.split()
+        if not fields:
+            continue
+        where = f"{path}, line {lineno}"
+        if len(fields) != 6:
+            raise UserError(f"{where}: expected 6 fields 'qid Q0 docno rank score tag', "
+                            f"got {len(fields)}: {line.rstrip()!r}")
+        qid, _, docno, rank, score, _ = fields
+        try:
+            int(rank)
+        except ValueError:
+            raise UserError(f"{where}: rank {rank!r} is not an integer: {line.rstrip()!r}") from None
+        try:
+            value = float(score)
+        except ValueError:
+            raise UserError(f"{where}: score {score!r} is not a number: {line.rstrip()!r}") from None
+        if not math.isfinite(value):
+            raise UserError(f"{where}: score {score!r} is not finite: {line.rstrip()!r}; rescore that document "
+                            "or drop the line")
+        rows.append((qid, docno, value))
     df = pd.DataFrame(rows, columns=["qid", "docno", "score"])
     df = df.astype({"qid": str, "docno": str, "score": "float64"})
     return _ranked(df)[TREC_COLUMNS]

@@ -4,6 +4,7 @@ from __future__ import annotations
 import pytest
 
 from pyterrier_matroyshka.cli import default_shapes, main
+from pyterrier_matroyshka.errors import UserError
 from pyterrier_matroyshka.trec import read_trec_run, write_trec_run
 
 
@@ -114,15 +115,16 @@ def test_rerank_fuse_writes_the_interpolated_run(bm25_run, tiny_checkpoint, tmp_
 
 
 def test_bare_fuse_needs_a_weight_for_other_models(bm25_run, tiny_checkpoint, tmp_path):
-    with pytest.raises(SystemExit, match="give one"):
+    with pytest.raises(UserError, match="give one"):
         main(["rerank", "--dataset", "cranfield", "--run", str(bm25_run), "--model", str(tiny_checkpoint),
               "--fuse", "--output", str(tmp_path / "o.run")])
 
 
-def test_fuse_weight_out_of_range_fails_before_scoring(bm25_run, tmp_path):
-    with pytest.raises(ValueError, match=r"outside \[0, 1\]"):
+def test_fuse_weight_out_of_range_fails_before_scoring(bm25_run, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:
         main(["rerank", "--dataset", "cranfield", "--run", str(bm25_run), "--model", "no/such-model",
               "--fuse", "-0.5", "--output", str(tmp_path / "o.run")])
+    assert exit_.value.code == 2 and "outside [0, 1]" in capsys.readouterr().err
 
 
 def test_per_query_values_average_to_the_aggregate():

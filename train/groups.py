@@ -23,6 +23,8 @@ from typing import Optional, Sequence
 
 import pandas as pd
 
+from pyterrier_matroyshka.errors import UserError, check_int, numbered_lines
+
 from .mix import SOURCES, source_of
 
 log = logging.getLogger(__name__)
@@ -172,8 +174,11 @@ def mine_groups(dataset: str, retriever=None, *, num_negatives: int = 15, window
         other_positives: per group, this many more negatives drawn from the other groups' positives (see
             the module docstring); the hard negatives stay those of ``other_positives=0`` for the same seed.
     """
+    check_int("num_negatives", num_negatives, 0)
+    check_int("max_queries", max_queries, 1, optional=True)
+    check_int("other_positives", other_positives, 0)
     if not 0 <= window[0] < window[1]:
-        raise ValueError(f"window must be [start, stop) ranks with 0 <= start < stop, got {window}")
+        raise UserError(f"window must be [start, stop) ranks with 0 <= start < stop, got {window}")
     ds = load_dataset(dataset)
     topics = topics_frame(ds)
     judged = relevant_docs(ds, min_relevance)
@@ -264,9 +269,13 @@ def split_holdout(path: Path, train_out: Path, holdout_out: Path, every: int = 1
     which passages won in training looks better on the holdout than on unseen queries (on SciFact, 61 of 80
     held-out queries shared a positive with training).
     """
-    lines = [line for line in Path(path).read_text().splitlines() if line.strip()]
+    check_int("every", every, 2)
+    numbered = [(n, line.rstrip("\r\n")) for n, line in numbered_lines(path) if line.strip()]
+    if not numbered:
+        raise UserError(f"no groups in {path}: nothing to split")
+    lines = [line for _, line in numbered]
+    records = [_record_with_positives(line, f"{path}:{n}") for n, line in numbered]  # file:line errors
     if by_positives:
-        records = [json.loads(line) for line in lines]
         units = positive_clusters([r["pos"] for r in records])
     else:
         units = list(range(len(lines)))
@@ -282,6 +291,17 @@ def split_holdout(path: Path, train_out: Path, holdout_out: Path, every: int = 1
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         Path(out).write_text("".join(line + "\n" for line in part))
     return len(train), len(holdout)
+
+
+def _record_with_positives(line: str, where: str) -> dict:
+    """One JSON group with a list of positives; errors name ``where`` (``file:line``)."""
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError as err:
+        raise UserError(f"{where}: malformed JSON ({err.msg} at column {err.colno})") from None
+    if not isinstance(record, dict) or not isinstance(record.get("pos"), list):
+        raise UserError(f"{where}: expected a group (a JSON object with a 'pos' list)")
+    return record
 
 
 def interleave_sources(lines: Sequence[str]) -> list[str]:
