@@ -36,13 +36,13 @@ def evaluate(args) -> None:
     from pyterrier_matroyshka.budget import (candidates_for, default_systems, evaluate_systems, exit_scores,
                                              holdout_qids, plan_for)
     from pyterrier_matroyshka.shape import Shape
-    from pyterrier_matroyshka.demo import demo_reranker
+    from pyterrier_matroyshka import MatroyshkaReRanker
     from pyterrier_matroyshka.offline.collections import pt_dataset
 
     torch.set_num_threads(args.threads)
     qids = holdout_qids(args.dataset) if args.holdout else None
     candidates = candidates_for(args.dataset, args.top_k, args.queries, qids)
-    reranker = demo_reranker(dtype="fp32", device="cpu", batch_size=args.batch_size)
+    reranker = MatroyshkaReRanker.from_pretrained(dtype="fp32", device="cpu", batch_size=args.batch_size)
     systems = default_systems(reranker.scorer.exits, args.ratios)
     start = time.perf_counter()
     table = evaluate_systems(reranker, systems, candidates, pt_dataset(args.dataset).get_qrels(), cache=args.cache,

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from .cascade_plan import CascadePlan
-from .checkpoint import merge_active_adapters, set_active_adapters
+from .adapters import merge_active_adapters, set_active_adapters
 from .forward_state import ForwardState, concat_states
 from .scorer import MatroyshkaScorer, Pair, _as_pairs
 

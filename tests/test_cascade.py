@@ -14,7 +14,8 @@ import torch
 
 from pyterrier_matroyshka import CascadePlan, MatroyshkaScorer, Shape
 from pyterrier_matroyshka.cascade_scoring import cascade_ranking, prune, score_cascade
-from pyterrier_matroyshka.checkpoint import ADAPTER_INFO, load_model
+from pyterrier_matroyshka.adapters import ADAPTER_INFO
+from pyterrier_matroyshka.checkpoint import load_model
 from pyterrier_matroyshka.forward_state import concat_states
 from pyterrier_matroyshka.shape import BackboneDims
 
