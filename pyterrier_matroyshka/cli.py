@@ -22,7 +22,7 @@ from typing import Optional, Sequence
 import ir_measures
 from ir_measures import RR, nDCG
 
-from .errors import ArgumentParser, UserError, int_at_least, run_cli
+from .errors import ArgumentParser, UserError, int_at_least, positive_real, run_cli
 
 PROG = "python -m pyterrier_matroyshka"
 DEFAULT_SHAPES = ["L30", "L20", "L10", "L30:r2@4", "L30:r4@4"]
@@ -148,22 +148,25 @@ def build_parser() -> argparse.ArgumentParser:
                                  f"{' '.join(DEFAULT_SHAPES)})")
     experiment.add_argument("--teacher", action="store_true", help="add the MiniLM cross-encoder as a row")
 
-    budget = commands.add_parser("budget", help="pick the best shape or cascade for a cost budget on development topics")
+    budget = commands.add_parser("budget", parents=[debug],
+                                 help="pick the best shape or cascade for a cost budget on development topics")
     budget.add_argument("--dataset", default="beir/scifact/train", help="development topics (never test topics; "
                                                                          "default beir/scifact/train)")
     budget.add_argument("--holdout", action="store_true", help="only the training recipe's held-out queries "
                                                                "(every 10th query with a judged-relevant document)")
     budget.add_argument("--run", default=None, help="TREC run of candidates (default: PISA BM25)")
-    budget.add_argument("--top-k", type=int, default=100, help="candidates per query")
-    budget.add_argument("--queries", type=int, default=None, help="only the first N queries")
+    budget.add_argument("--top-k", type=int_at_least(1), default=100, help="candidates per query")
+    budget.add_argument("--queries", type=int_at_least(1), default=None, help="only the first N queries")
     _model_args(budget)
-    budget.add_argument("--systems", nargs="+", default=None,
+    budget.add_argument("--systems", nargs="+", type=_shape_or_cascade, default=None,
                         help="shapes and cascades to compare, e.g. L20 'L6 top30 > L20' (default: a grid of both)")
-    budget.add_argument("--max-gflop", type=float, default=None, help="budget: estimated GFLOP per query")
-    budget.add_argument("--max-fraction", type=float, default=None,
+    budget.add_argument("--max-gflop", type=positive_real, default=None, help="budget: estimated GFLOP per query")
+    budget.add_argument("--max-fraction", type=positive_real, default=None,
                         help="budget: share of the full-depth shape's GFLOP per query, e.g. 0.5")
-    budget.add_argument("--max-ms", type=float, default=None, help="budget: measured ms per query (frontier systems)")
-    budget.add_argument("--time-queries", type=int, default=2, help="queries each frontier system is timed on (0: none)")
+    budget.add_argument("--max-ms", type=positive_real, default=None,
+                        help="budget: measured ms per query (frontier systems)")
+    budget.add_argument("--time-queries", type=int_at_least(0), default=2,
+                        help="queries each frontier system is timed on (0: none)")
     budget.add_argument("--cache", default=None, help="folder to keep the multi-exit passes in (re-runs score nothing)")
     budget.add_argument("--all", action="store_true", help="print every system, not only the frontier")
     return parser
@@ -327,7 +330,12 @@ def cmd_experiment(args) -> None:
         from .offline.minilm import MiniLMCrossEncoder
 
         systems["MiniLM-L12 teacher"] = MiniLMCrossEncoder(verbose=True)
-    systems.update({str(shape): reranker.with_shape(shape) for shape in shapes})  # each checked, before scoring
+    for shape in shapes:  # each checked against the model's exits, before any scoring
+        if ">" in str(shape):
+            cascade = reranker.cascade(shape)
+            systems[str(cascade.plan)] = cascade
+        else:
+            systems[str(shape)] = reranker.with_shape(shape)
     scorer = reranker.scorer
     print(f"{args.dataset}: {candidates['qid'].nunique()} queries, top {args.top_k} candidates; model "
           f"{scorer.name} ({str(scorer.dtype).removeprefix('torch.')} on {scorer.device}). Will run:", flush=True)
@@ -356,17 +364,19 @@ def cmd_budget(args) -> None:
     from .shape_comparison import format_table
 
     if args.fuse is not None:
-        raise SystemExit("budget compares the re-ranker alone: drop --fuse")
+        raise UserError("budget compares the re-ranker alone: drop --fuse")
     try:
         budget.refuse_test_topics(args.dataset)
     except ValueError as err:
-        raise SystemExit(str(err)) from err
+        raise UserError(str(err)) from err
     if args.max_ms is not None and args.time_queries < 1:
-        raise SystemExit("--max-ms needs measured times: give --time-queries 1 or more")
+        raise UserError("--max-ms needs measured times: give --time-queries 1 or more")
+    if args.run is not None and not os.path.isfile(args.run):
+        raise UserError(f"run file {args.run} does not exist")
+    qids = budget.holdout_qids(args.dataset) if args.holdout else None
+    candidates = budget.candidates_for(args.dataset, args.top_k, args.queries, qids, args.run)  # before the model
     reranker = MatroyshkaReRanker(scorer=_scorer(args), verbose=args.verbose)
     systems = args.systems or budget.default_systems(reranker.scorer.exits)
-    qids = budget.holdout_qids(args.dataset) if args.holdout else None
-    candidates = budget.candidates_for(args.dataset, args.top_k, args.queries, qids, args.run)
     table = budget.evaluate_systems(reranker, systems, candidates, pt_dataset(args.dataset).get_qrels(),
                                     cache=args.cache, time_queries=args.time_queries)
     shown = table if args.all else budget.pareto_frontier(table)
@@ -379,7 +389,7 @@ def cmd_budget(args) -> None:
         try:
             best = budget.best_under(table, args.max_gflop, args.max_ms, args.max_fraction)
         except ValueError as err:
-            raise SystemExit(str(err)) from err
+            raise UserError(str(err)) from err
         print(f"\nbest within the budget: {best['name']}  (nDCG@10 {best['nDCG@10']:.4f}, "
               f"{best['GFLOP/query']:.1f} GFLOP/query = {best['of full']:.0%} of full depth"
               + (f", {best['ms/query']:.0f} ms/query" if best['ms/query'] == best['ms/query'] else "") + ")")

@@ -137,6 +137,13 @@ def test_a_bug_keeps_its_traceback():
     (["evaluate", "--dataset", "cranfield", "{bm25}", "--measures", "Foo@3"], "unknown measure 'Foo@3'"),
     (["evaluate", "--dataset", "cranfield", "{nan}"], "line 2: score 'nan' is not finite"),
     (["rerank", "--dataset", "cranfield", "--run", "{bm25}"], f"model folder {NO_MODEL} does not exist"),
+    (["budget", "--top-k", "0"], "--top-k: 0 is below 1"),
+    (["budget", "--max-fraction", "-0.5"], "-0.5 must be a finite number > 0"),
+    (["budget", "--time-queries", "-1"], "--time-queries: -1 is below 0"),
+    (["budget", "--systems", "L6 top30 > L2"], "stage depths .* must strictly increase"),
+    (["budget", "--fuse", "0.5", "--model", NO_MODEL], "budget compares the re-ranker alone: drop --fuse"),
+    (["budget", "--dataset", "beir/scifact/test", "--model", NO_MODEL], "holds evaluation topics"),
+    (["budget", "--max-ms", "5", "--time-queries", "0", "--model", NO_MODEL], "--max-ms needs measured times"),
     (["frobnicate"], "invalid choice: 'frobnicate'"),
     ([], "the following arguments are required: command"),
 ])
