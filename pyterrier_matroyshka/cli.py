@@ -327,7 +327,12 @@ def cmd_experiment(args) -> None:
         from .offline.minilm import MiniLMCrossEncoder
 
         systems["MiniLM-L12 teacher"] = MiniLMCrossEncoder(verbose=True)
-    systems.update({str(shape): reranker.with_shape(shape) for shape in shapes})  # each checked, before scoring
+    for shape in shapes:  # each checked, before scoring
+        if ">" in str(shape):
+            cascade = reranker.cascade(shape)
+            systems[str(cascade.plan)] = cascade
+        else:
+            systems[str(shape)] = reranker.with_shape(shape)
     scorer = reranker.scorer
     print(f"{args.dataset}: {candidates['qid'].nunique()} queries, top {args.top_k} candidates; model "
           f"{scorer.name} ({str(scorer.dtype).removeprefix('torch.')} on {scorer.device}). Will run:", flush=True)

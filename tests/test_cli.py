@@ -38,7 +38,7 @@ def test_experiment_table(tiny_checkpoint, data_dir, capsys):
     captured = capsys.readouterr()
     lines = captured.out.strip().splitlines()
     header = lines[-5].split()
-    assert header == ["name", "nDCG@10", "p(nDCG@10)", "RR@10", "p(RR@10)", "GFLOP/pair", "mrt"]
+    assert header == ["name", "nDCG@10", "p(nDCG@10)", "RR@10", "p(RR@10)", "GFLOP/pair", "GFLOP/query", "mrt"]
     names = [line.split()[0] for line in lines[-4:]]
     assert names == ["BM25", "L8", "L4", "L8:r2@2"]
     flops = {line.split()[0]: float(line.split()[5]) for line in lines[-3:]}
