@@ -1,7 +1,8 @@
 """Command line: ``python -m pyterrier_matroyshka {seed,rerank,evaluate,experiment} ...``.
 
     seed        make the offline collections (../shared/data layout) usable through ir_datasets
-    rerank      re-rank a TREC run (or BM25 candidates) for a dataset and write a TREC run
+    rerank      re-rank a TREC run (or BM25 candidates) for a dataset and write a TREC run; resumable, and
+                sharded over processes/GPUs under torchrun (torchrun --nproc_per_node N -m pyterrier_matroyshka rerank ...)
     evaluate    nDCG@10 / RR@10 (or --measures) of TREC runs against a dataset's qrels
     experiment  BM25 top-k re-ranked at several shapes: a table of effectiveness, cost and time
 """
@@ -49,7 +50,9 @@ def _model_args(parser: argparse.ArgumentParser) -> None:
 def _candidate_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dataset", required=True, help="ir_datasets id, e.g. cranfield, beir/scifact/test, "
                                                          "local/msmarco-passage-dl19")
-    parser.add_argument("--run", default=None, help="TREC run of candidates (default: PISA BM25)")
+    parser.add_argument("--run", "--run-file", dest="run", default=None,
+                        help="TREC run of candidates (default: PISA BM25); under torchrun write --run-file "
+                             "(torchrun reads --run as an abbreviation of its own --run-path)")
     parser.add_argument("--top-k", type=int, default=100, help="candidates per query")
     parser.add_argument("--queries", type=int, default=None, help="only the first N queries (quick runs)")
 
@@ -133,20 +136,44 @@ def cmd_seed(args) -> None:
 
 
 def cmd_rerank(args) -> None:
+    """Re-rank query by query, sharded over the ranks of ``torchrun`` (one process otherwise) and resumable:
+    see :mod:`.sharded`."""
+    from .candidate_stream import query_order
     from .reranker import MatroyshkaReRanker
-    from .trec import write_trec_run
+    from .sharded import join_ranks, rerank_sharded
 
+    recorded = {key: value for key, value in vars(args).items() if key != "verbose"}  # what a resume must match
     weight = _fusion_weight(args)
-    reranker = MatroyshkaReRanker(scorer=_scorer(args), shape=args.shape, verbose=args.verbose,
-                                  score_in_text=args.score_in_text)
-    name = f"matroyshka-{reranker.shape}"
+    if not args.verbose:  # ir_datasets logs each docstore opening, i.e. every query's text lookup
+        logging.getLogger("ir_datasets").addFilter(lambda record: record.levelno >= logging.WARNING)
+    ranks = join_ranks(args.device)
+    args.device = str(ranks.device)
+    with ranks.main_first():  # rank 0 fills the caches (docstores, converted base model) the others then read
+        candidates = _candidate_stream(args)
+        query_order(candidates)  # a malformed or ungrouped run fails here, before the model loads
+        reranker = MatroyshkaReRanker(scorer=_scorer(args), shape=args.shape, score_in_text=args.score_in_text)
+    name = f"matroyshka-{reranker.shape}"  # (no per-query bars: the job's progress bars follow every rank)
     if weight is not None:
         from .fusion import FirstStageFusion
 
         reranker, name = FirstStageFusion(reranker, weight), f"{name}-fused{weight:g}"
-    result = reranker(_candidates(args))
-    path = write_trec_run(result, args.output, run_name=name)
-    print(f"wrote {len(result)} rows for {result['qid'].nunique()} queries to {path}")
+    summary = rerank_sharded(candidates, reranker, args.output, run_name=name, arguments=recorded, ranks=ranks)
+    ranks.leave()
+    if ranks.main:
+        print(f"wrote {summary.lines} rows for {summary.queries} queries to {summary.output}")
+
+
+def _candidate_stream(args):
+    """The candidates of ``rerank``: a ``--run`` streamed query by query, else the first stage's in memory."""
+    from .candidate_stream import FrameCandidates, TrecRunCandidates
+
+    if args.run is None:
+        return FrameCandidates(_candidates(args))
+    from .offline.bm25 import text_loader
+    from .offline.collections import pt_dataset
+
+    return TrecRunCandidates(args.run, pt_dataset(args.dataset).get_topics(), text_loader(args.dataset),
+                             top_k=args.top_k, max_queries=args.queries)
 
 
 def cmd_evaluate(args) -> None:
