@@ -147,14 +147,19 @@ class ShardStore:
                 done.setdefault(record.qid, (rank, record))
         return done
 
-    def count_records(self, rank: int) -> int:
-        """How many queries ``rank``'s manifest holds now (complete lines; cheap enough to poll)."""
+    def count_records(self, rank: int, since: tuple[int, int] = (0, 0)) -> tuple[int, int]:
+        """``(records, bytes read)``: how many queries ``rank``'s manifest holds now (complete lines). Pass the
+        last answer as ``since`` to read only what was appended after it (cheap enough to poll)."""
+        count, offset = since
         _, manifest = self.shard_paths(rank)
         try:
             with open(manifest, "rb") as f:
-                return sum(chunk.count(b"\n") for chunk in iter(lambda: f.read(1 << 20), b""))
+                f.seek(offset)
+                new = f.read()
         except FileNotFoundError:
-            return 0
+            return since
+        complete = new.rfind(b"\n") + 1
+        return count + new.count(b"\n"), offset + complete
 
     def writer(self, rank: int) -> "ShardWriter":
         self.folder.mkdir(parents=True, exist_ok=True)

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import logging
+import json
 import os
 import resource
 import threading
@@ -50,7 +50,6 @@ from .trec import format_trec_run
 
 __all__ = ["Ranks", "join_ranks", "rerank_sharded", "RankStats", "ShardedSummary", "TEST_STOP_VARIABLE"]
 
-log = logging.getLogger(__name__)
 
 #: test hook: ``"RANK:K:exit"`` makes rank RANK leave with ``os._exit`` after finishing K queries, ``"RANK:K:hold"``
 #: makes it wait there (to be killed); for tests of the resume, never set otherwise
@@ -219,6 +218,7 @@ def _run(candidates, reranker, output: Path, run_name, arguments, work_dir, rank
     order = query_order(candidates)
     job = {"format": _FORMAT, "run_name": run_name, "arguments": arguments, "queries": len(order),
            "queries_sha256": hashlib.sha256("\n".join(order).encode()).hexdigest()}
+    job = json.loads(json.dumps(job, default=str))  # as job.json will hold it (tuples as lists, paths as text)
     store.check_job(job)  # every rank decides alike before anyone writes
     ranks.barrier()
     if ranks.main:
@@ -301,13 +301,13 @@ class _Progress:
 
     MAX_RANK_BARS = 8
 
-    def __init__(self, store: ShardStore, total: int, finished: int, todo: Sequence[int], base: Sequence[int],
-                 interval: float = 1.0):
-        self.store, self.interval, self.base = store, interval, list(base)
-        self.seen = [0] * len(todo)
+    def __init__(self, store: ShardStore, total: int, finished: int, todo: Sequence[int],
+                 base: Sequence[tuple[int, int]], interval: float = 1.0):
+        self.store, self.interval = store, interval
+        self.now = list(base)  # (records, bytes read) of each manifest
         self.total = pt.tqdm(total=total, initial=finished, desc="queries (all ranks)", unit="q", position=0,
                              dynamic_ncols=True)
-        show = len(todo) > 1 and len(todo) <= self.MAX_RANK_BARS
+        show = 1 < len(todo) <= self.MAX_RANK_BARS
         self.bars = [pt.tqdm(total=n, desc=f"rank {r}", unit="q", position=r + 1, leave=True, dynamic_ncols=True)
                      for r, n in enumerate(todo)] if show else []
         self._stop = threading.Event()
@@ -319,10 +319,10 @@ class _Progress:
             self.poll()
 
     def poll(self) -> None:
-        for rank in range(len(self.base)):
-            now = self.store.count_records(rank) - self.base[rank]
-            if now > self.seen[rank]:
-                step, self.seen[rank] = now - self.seen[rank], now
+        for rank, before in enumerate(self.now):
+            self.now[rank] = self.store.count_records(rank, since=before)
+            step = self.now[rank][0] - before[0]
+            if step:
                 self.total.update(step)
                 if self.bars:
                     self.bars[rank].update(step)

@@ -39,7 +39,7 @@ def test_a_killed_writers_unfinished_tail_is_cut_off_and_never_counted(tmp_path)
         f.write(_lines("c").encode()[:20])
     with open(manifest, "ab") as f:  # ...or written, with its manifest line cut short
         f.write(b'{"qid": "c", "offs')
-    assert list(store.finished()) == ["a", "b"] and store.count_records(0) == 2
+    assert list(store.finished()) == ["a", "b"] and store.count_records(0)[0] == 2
     with store.writer(0) as writer:  # the next writer of the shard cuts the tail off
         writer.append("c", _lines("c"), 3, 0.1)
     assert store.merge(["c", "a", "b"], tmp_path / "out.run") == 9
@@ -106,12 +106,14 @@ def test_python_api_resumes_where_it_stopped_and_refuses_other_arguments(tmp_pat
 
     out = tmp_path / "out.run"
     with pytest.raises(KeyboardInterrupt):
-        rerank_sharded(candidates, _FailAfter(limit=3), out, arguments={"model": "m"}, progress=False)
-    assert not out.exists() and ShardStore(tmp_path / "out.run.parts").count_records(0) == 3
+        rerank_sharded(candidates, _FailAfter(limit=3), out, arguments={"model": "m", "adapters": ("a",)},
+                       progress=False)
+    assert not out.exists() and ShardStore(tmp_path / "out.run.parts").count_records(0)[0] == 3
     with pytest.raises(JobMismatchError, match="model: started with 'm', now 'other'"):
-        rerank_sharded(candidates, _FailAfter(), out, arguments={"model": "other"}, progress=False)
+        rerank_sharded(candidates, _FailAfter(), out, arguments={"model": "other", "adapters": ("a",)},
+                       progress=False)
     resumed = _FailAfter()
-    summary = rerank_sharded(candidates, resumed, out, arguments={"model": "m"}, progress=False)
+    summary = rerank_sharded(candidates, resumed, out, arguments={"model": "m", "adapters": ("a",)}, progress=False)
     assert resumed.calls == 4 and summary.ranks[0].skipped == 3 and summary.ranks[0].queries == 4
     assert out.read_bytes() == reference.read_bytes()
     assert summary.lines == 28 and summary.queries == 7 and summary.pairs == 16
@@ -214,9 +216,9 @@ def test_a_job_killed_with_sigkill_resumes_and_a_damaged_shard_is_detected(job, 
     store = ShardStore(tmp_path / "one.run.parts")
     try:
         deadline = time.time() + 180
-        while store.count_records(0) < 2 and process.poll() is None and time.time() < deadline:
+        while store.count_records(0)[0] < 2 and process.poll() is None and time.time() < deadline:
             time.sleep(0.2)
-        assert store.count_records(0) == 2, process.stderr.read().decode()[-3000:] if process.poll() else "timeout"
+        assert store.count_records(0)[0] == 2, process.stderr.read().decode()[-3000:] if process.poll() else "timeout"
     finally:
         process.send_signal(signal.SIGKILL)
         process.wait(30)
@@ -238,3 +240,19 @@ def test_a_job_killed_with_sigkill_resumes_and_a_damaged_shard_is_detected(job, 
     row = next(line.split() for line in capsys.readouterr().out.splitlines() if line.split()[:1] == ["0"])
     assert row[2:4] == ["4", "2"]  # 4 queries scored now, 2 skipped
     assert not store.folder.exists()
+
+
+def test_the_benchmark_table_reports_scaling_against_one_process_one_thread(load_bench):
+    bench = load_bench("bench_sharded")
+    args = type("Args", (), dict(queries=2, top_k=3, shape="L4", max_length=128, batch_size=32))()
+
+    def result(processes, threads, per_rank, sha="same"):
+        ranks = [{"pairs_per_second": rate, "peak_rss_mb": 900.0} for rate in per_rank]
+        return {"processes": processes, "threads": threads, "pairs_per_second": sum(per_rank), "seconds": 10.0,
+                "wall_seconds": 20.0, "output_sha256": sha, "ranks": ranks}
+
+    table = bench.report(args, {"queries": 2, "pairs": 6}, [result(1, 1, [10.0]), result(2, 1, [9.0, 8.0]),
+                                                              result(1, 2, [15.0], sha="other")], "1 / 2")
+    rows = [line.split("|")[1:-1] for line in table.splitlines() if line.startswith("| ") and "x" in line[:6]]
+    assert [row[3].strip() for row in rows] == ["1.00", "0.85", "0.75"]  # 17 / (2 x 10), 15 / (2 x 10)
+    assert [row[-1].strip() for row in rows] == ["yes", "yes", "NO"]
