@@ -20,11 +20,11 @@ from typing import Mapping, Optional, Sequence, Union
 import torch
 from safetensors import safe_open
 from torch import nn
-from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer, PretrainedConfig
+from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, PretrainedConfig
 from transformers.utils import cached_file
 
 from .model import ExitHead, MatroyshkaModel
-from .prompt import pad_token_id
+from .tokenizer import load_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -62,15 +62,6 @@ def load_model(name_or_path: str, *, adapters: AdapterSpec = None, merge_adapter
                              "in adapters")
         model = apply_adapters(model, switchable, merge=False)
     return model.to(device).eval(), tokenizer
-
-
-def load_tokenizer(source: str):
-    """The checkpoint's tokenizer, right padded, with a pad token (``<unk>`` when missing: B8)."""
-    tokenizer = AutoTokenizer.from_pretrained(source)
-    tokenizer.padding_side = "right"
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token_id = pad_token_id(tokenizer)
-    return tokenizer
 
 
 def _resolve(name_or_path: str) -> str:
