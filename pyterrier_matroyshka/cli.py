@@ -2,7 +2,8 @@
 
     seed        make the offline collections (../shared/data layout) usable through ir_datasets
     rerank      re-rank a TREC run (or BM25 candidates) for a dataset and write a TREC run; resumable, and
-                sharded over processes/GPUs under torchrun (torchrun --nproc_per_node N -m pyterrier_matroyshka rerank ...)
+                sharded over processes/GPUs under torchrun: torchrun --nproc_per_node N -m pyterrier_matroyshka
+                rerank --run-file RUN ...
     evaluate    nDCG@10 / RR@10 (or --measures) of TREC runs against a dataset's qrels
     experiment  BM25 top-k re-ranked at several shapes: a table of effectiveness, cost and time
 """

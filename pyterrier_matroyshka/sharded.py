@@ -2,7 +2,9 @@
 
 ::
 
-    torchrun --nproc_per_node 4 -m pyterrier_matroyshka rerank --dataset D --run bm25.run --output out.run
+    torchrun --nproc_per_node 4 -m pyterrier_matroyshka rerank --dataset D --run-file bm25.run --output out.run
+
+(``--run-file`` is ``--run``'s other name: torchrun would take ``--run`` for an abbreviation of its ``--run-path``)
 
 or from Python, in a script launched the same way (or as a plain one-process run)::
 
