@@ -9,6 +9,7 @@ one machine). Every configuration must write the same bytes.
     python bench/bench_sharded.py [--queries 120] [--top-k 100] [--shape L4] [--max-length 128]
         [--work /tmp/bench_sharded] [--results bench/results/sharded]
 
+``report`` writes the tables again from the json (the "Reading the table" notes in the .md are written by hand).
 Each configuration runs in fresh processes, so each peak RSS belongs to one rank alone. The candidate texts are
 written once to a small lookup file (only the documents of the run), so a rank holds the model, its queries'
 candidates and that lookup, not the 230 MB pool.
