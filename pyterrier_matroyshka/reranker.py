@@ -5,15 +5,19 @@ weights at another shape, so one ``pt.Experiment`` can compare many shapes.
 """
 from __future__ import annotations
 
-from typing import Optional
+import inspect
+from typing import TYPE_CHECKING, Optional
 
 import numpy as np
 import pandas as pd
 import pyterrier as pt
 
-from .score_in_text import passages_with_scores
+from .errors import UserError, check_int, text_problem
 from .scorer import MatroyshkaScorer
 from .shape import Shape, ShapeLike
+
+if TYPE_CHECKING:
+    from .cascade import MatroyshkaCascade
 
 
 class MatroyshkaReRanker(pt.Transformer):
@@ -27,36 +31,60 @@ class MatroyshkaReRanker(pt.Transformer):
         model: a folder or hub id (loaded with ``scorer_kwargs``), or pass ``scorer``.
         scorer: an already loaded :class:`MatroyshkaScorer` (shared, never reloaded).
         shape: the shape to score at (default: the scorer's).
-        batch_size, normalize, verbose: as in :meth:`MatroyshkaScorer.compute_score`.
+        batch_size, normalize, verbose: as in :meth:`MatroyshkaScorer.compute_score`; ``verbose`` shows a
+            progress bar with an ETA through ``pt.tqdm`` (so ``pt.set_tqdm`` chooses its kind).
         text_field: the column holding the passage text.
-        score_in_text: write the incoming first-stage ``score`` before each passage (``"[BM25 22.0] ..."``),
-            for a model trained so (``python -m train bm25_target --score_in_text``); off for every other model.
     """
 
     def __init__(self, model: Optional[str] = None, *, scorer: Optional[MatroyshkaScorer] = None,
                  shape: Optional[ShapeLike] = None, batch_size: Optional[int] = None, text_field: str = "text",
-                 verbose: bool = False, normalize: bool = False, score_in_text: bool = False, **scorer_kwargs):
+                 verbose: bool = False, normalize: bool = False, **scorer_kwargs):
+        check_int("batch_size", batch_size, 1, optional=True)
         if scorer is None:
             if model is None:
-                raise ValueError("give a model (folder or hub id) or a loaded scorer=")
+                raise UserError("give a model (folder or hub id) or a loaded scorer=")
             scorer = MatroyshkaScorer(model, **scorer_kwargs)
         elif model is not None or scorer_kwargs:
-            raise ValueError("give either a model to load (with its options) or a loaded scorer=, not both")
+            raise UserError("give either a model to load (with its options) or a loaded scorer=, not both")
         self.scorer = scorer
         self.shape = Shape.coerce(shape).validate(scorer.exits) if shape is not None else scorer.shape
         self.batch_size, self.text_field = batch_size, text_field
-        self.verbose, self.normalize, self.score_in_text = verbose, normalize, score_in_text
+        self.verbose, self.normalize = verbose, normalize
+
+    @classmethod
+    def from_pretrained(cls, variant: Optional[str] = None, *, shape: Optional[ShapeLike] = None,
+                        batch_size: Optional[int] = None, text_field: str = "text", verbose: bool = False,
+                        normalize: bool = False, **scorer_kwargs) -> "MatroyshkaReRanker":
+        """A named pretrained variant (default: the package's default model) at ``shape``; ``scorer_kwargs``
+        override the variant's settings (e.g. ``dtype="fp32"``). See :mod:`pyterrier_matroyshka.pretrained`."""
+        return cls(scorer=MatroyshkaScorer.from_pretrained(variant, **scorer_kwargs), shape=shape,
+                   batch_size=batch_size, text_field=text_field, verbose=verbose, normalize=normalize)
 
     @property
     def schematic(self) -> dict:
         label = f"Matroyshka {self.shape}"
         return {"label": label if len(label) <= 20 else "Matroyshka", "help_url": None}
 
+    def attributes(self) -> list[pt.inspect.TransformerAttribute]:
+        """What ``pt.inspect.transformer_attributes`` reports, and ``transformer_apply_attributes`` rebuilds
+        from: the loaded ``scorer`` and every per-call setting. The load-time options (``model`` and the
+        scorer's keyword arguments) are not attributes: the scorer holds what they loaded."""
+        parameters = inspect.signature(MatroyshkaReRanker.__init__).parameters.values()
+        return [pt.inspect.TransformerAttribute(p.name, getattr(self, p.name), p.default, p.KEYWORD_ONLY)
+                for p in parameters if p.kind == p.KEYWORD_ONLY]
+
     def with_shape(self, shape: ShapeLike) -> "MatroyshkaReRanker":
         """The same re-ranker (same loaded weights) at another shape."""
         return MatroyshkaReRanker(scorer=self.scorer, shape=shape, batch_size=self.batch_size,
-                                  text_field=self.text_field, verbose=self.verbose, normalize=self.normalize,
-                                  score_in_text=self.score_in_text)
+                                  text_field=self.text_field, verbose=self.verbose, normalize=self.normalize)
+
+    def cascade(self, stages, adapters="auto") -> "MatroyshkaCascade":
+        """Progressive deepening with these weights, e.g. ``cascade([("L10", 50), ("L20", 15), "L30"])``:
+        all candidates at exit 10, the best 50 continue to 20, the best 15 to 30 (see
+        :class:`~pyterrier_matroyshka.cascade.MatroyshkaCascade`)."""
+        from .cascade import MatroyshkaCascade
+
+        return MatroyshkaCascade(self, stages, adapters=adapters)
 
     def flops(self, query_len: int = 16, passage_len: int = 96) -> float:
         """Estimated FLOPs per pair at this shape (see :meth:`Shape.flops`)."""
@@ -73,12 +101,9 @@ class MatroyshkaReRanker(pt.Transformer):
                 out["features"] = pd.Series(dtype=object)
             return pt.model.add_ranks(out)
         self._check_text(inp)
-        texts = inp[self.text_field].tolist()
-        if self.score_in_text:
-            texts = passages_with_scores(texts, inp["score"].tolist())
-        pairs = list(zip(inp["query"].tolist(), texts))
+        pairs = list(zip(inp["query"].tolist(), inp[self.text_field].tolist()))
         scores = self.scorer.compute_score(pairs, shape=self.shape, batch_size=self.batch_size,
-                                           normalize=self.normalize, verbose=self.verbose)
+                                           normalize=self.normalize, verbose=self.verbose, progress=pt.tqdm)
         per_exit = np.asarray(scores if columns else [scores], dtype=float)
         out = inp.drop(columns=["score", "rank"], errors="ignore").assign(score=per_exit[-1])
         for column, values in zip(columns, per_exit):
@@ -88,27 +113,34 @@ class MatroyshkaReRanker(pt.Transformer):
         return pt.model.add_ranks(out)
 
     def _validate(self, inp: pd.DataFrame) -> None:
-        extra = ["query", self.text_field] + (["score"] if self.score_in_text else [])
+        extra = ["query", self.text_field]
         try:
             pt.validate.result_frame(inp, extra_columns=extra)
         except pt.validate.InputValidationError as err:
             missing = [c for c in ("qid", "docno", *extra) if c not in inp.columns]
             hint = {"query": "keep the topics' query column (e.g. pipe the retriever's output unchanged)",
-                    self.text_field: f"add pt.text.get_text(dataset, '{self.text_field}') before the re-ranker",
-                    "score": "score_in_text reads the first stage's score: pipe the retriever's output unchanged"}
+                    self.text_field: f"add pt.text.get_text(dataset, '{self.text_field}') before the re-ranker"}
             fixes = "; ".join(hint.get(c, f"add a {c!r} column") for c in missing)
             raise pt.validate.InputValidationError(f"MatroyshkaReRanker input lacks column(s) {missing}: {fixes}.",
                                                    err.modes) from err
 
     def _check_text(self, inp: pd.DataFrame) -> None:
+        """Every row has a qid and docno, and text a tokenizer can read; errors name the first bad row."""
+        for column in ("qid", "docno"):
+            missing = inp[column].isna()
+            if missing.any():
+                row = int(missing.to_numpy().nonzero()[0][0])
+                raise UserError(f"column {column!r} is missing (None/NaN) in row {row} and {int(missing.sum()) - 1} "
+                                f"other row(s); every candidate needs a qid and a docno")
         for column in ("query", self.text_field):
-            bad = ~inp[column].map(lambda v: isinstance(v, str))
+            problems = inp[column].map(text_problem)
+            bad = problems.notna()
             if bad.any():
                 row = inp[bad].iloc[0]
-                where = f"qid {row['qid']!r}" + (f", docno {row['docno']!r}" if "docno" in inp.columns else "")
-                raise ValueError(f"column {column!r} holds {row[column]!r} (not a string) at {where} and "
-                                 f"{int(bad.sum()) - 1} other row(s); fill or drop those rows first "
-                                 f"(e.g. pt.text.get_text(dataset, '{self.text_field}') for missing texts)")
+                where = f"qid {row['qid']!r}, docno {row['docno']!r}"
+                raise UserError(f"column {column!r} at {where} {problems[bad].iloc[0]}; {int(bad.sum()) - 1} other "
+                                f"row(s) too. Fill, clean or drop those rows first "
+                                f"(e.g. pt.text.get_text(dataset, '{self.text_field}') for missing texts)")
 
     def __repr__(self) -> str:
         return f"MatroyshkaReRanker({self.shape})"

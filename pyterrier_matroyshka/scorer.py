@@ -9,13 +9,16 @@ Usage follows the reference README::
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence, Union
+from typing import Any, Callable, Optional, Sequence, Union
 
 import torch
 from tqdm.auto import tqdm
 
-from .checkpoint import (AdapterSpec, adapter_info, adapter_items, load_model, merge_active_adapters, pick_adapters,
-                         set_active_adapters, unwrap)
+from .adapters import (AdapterSpec, adapter_info, adapter_items, merge_active_adapters, pick_adapters,
+                       set_active_adapters, unwrap)
+from .checkpoint import load_model
+from .errors import UserError, check_int, text_problem
+from .fingerprint import weights_digest
 from .model import MatroyshkaModel, reference_bug_set
 from .prompt import PromptEncoder
 from .shape import Shape, ShapeLike
@@ -29,6 +32,20 @@ _DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat
 
 def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def resolve_device(device: Union[str, torch.device, None]) -> torch.device:
+    """``device`` as a ``torch.device`` this machine has (default: CUDA when there is one, else the CPU)."""
+    if device is None:
+        return default_device()
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise UserError(f"unknown device {device!r}; use e.g. 'cpu', 'cuda' or 'cuda:1'") from err
+    if device.type == "cuda" and (not torch.cuda.is_available() or (device.index or 0) >= torch.cuda.device_count()):
+        raise UserError(f"device {device} asked for, but this machine has {torch.cuda.device_count()} CUDA device(s); "
+                        "use 'cpu'")
+    return device
 
 
 def fast_dtype(device: Union[str, torch.device]) -> torch.dtype:
@@ -49,7 +66,7 @@ def resolve_dtype(dtype: Union[str, torch.dtype, None], device) -> torch.dtype:
     if isinstance(dtype, torch.dtype):
         return dtype
     if dtype not in _DTYPES:
-        raise ValueError(f"unknown dtype {dtype!r}; use 'auto', 'fp32', 'bf16' or 'fp16'")
+        raise UserError(f"unknown dtype {dtype!r}; use 'auto', 'fp32', 'bf16' or 'fp16'")
     return _DTYPES[dtype]
 
 
@@ -58,13 +75,13 @@ def shape_from_reference_kwargs(shape: Optional[ShapeLike], cutoff_layers=None, 
     """A :class:`Shape` from either ``shape`` or the reference's keyword names."""
     if shape is not None:
         if cutoff_layers is not None or compress_ratio is not None:
-            raise ValueError("give either shape= or cutoff_layers/compress_layers/compress_ratio, not both")
+            raise UserError("give either shape= or cutoff_layers/compress_layers/compress_ratio, not both")
         return Shape.coerce(shape)
     if cutoff_layers is None and compress_ratio is None:
         return default
     exits = cutoff_layers if cutoff_layers is not None else (default.exits if default else None)
     if exits is None:
-        raise ValueError("compress_ratio given without cutoff_layers and no default shape")
+        raise UserError("compress_ratio given without cutoff_layers and no default shape")
     ratio = compress_ratio or 1
     return Shape(exits, compress_layers if compress_layers is not None else [8], ratio)
 
@@ -104,16 +121,17 @@ class MatroyshkaScorer:
                  normalize: bool = False, prompt: Optional[str] = None,
                  reference_compat: Union[bool, Sequence[str]] = False, verbose: bool = False,
                  start_layer: Optional[int] = None, layer_sep: int = 1):
-        self.device = torch.device(device) if device is not None else default_device()
+        check_budgets(batch_size, max_length, query_max_length)
+        self.device = resolve_device(device)
         if model is None:
             if model_name_or_path is None:
-                raise ValueError("give model_name_or_path, or an already loaded model and tokenizer")
+                raise UserError("give model_name_or_path, or an already loaded model and tokenizer")
             self.dtype = resolve_dtype(dtype, self.device)
             model, tokenizer = load_model(model_name_or_path, adapters=adapters if adapters is not None else peft_path,
                                           merge_adapters=merge_adapters, switchable=compensation, dtype=self.dtype,
                                           device=self.device, start_layer=start_layer, layer_sep=layer_sep)
         elif tokenizer is None:
-            raise ValueError("a loaded model needs its tokenizer too")
+            raise UserError("a loaded model needs its tokenizer too")
         else:
             self.dtype = next(model.parameters()).dtype
         self.model, self.tokenizer = model, tokenizer
@@ -128,6 +146,16 @@ class MatroyshkaScorer:
         switchable = compensation if merge_adapters else (adapters if adapters is not None else peft_path)
         self.adapter_infos = {name: adapter_info(path) for name, path in adapter_items(switchable)}
         self._encoders: dict = {}
+        self.weights_digest = weights_digest(self.model)  # now, before any compensation is merged in
+
+    @classmethod
+    def from_pretrained(cls, variant: Optional[str] = None, **kwargs) -> "MatroyshkaScorer":
+        """A named pretrained variant (default: the package's default model) with its trained adapters and
+        settings; keyword arguments override them (see :mod:`pyterrier_matroyshka.pretrained`)."""
+        from .pretrained import scorer_settings
+
+        base, settings = scorer_settings(variant)
+        return cls(base, **{**settings, **kwargs})
 
     @property
     def core(self) -> MatroyshkaModel:
@@ -154,10 +182,24 @@ class MatroyshkaScorer:
 
     def encoder(self, max_length: Optional[int] = None, query_max_length: Optional[int] = None,
                 prompt: Optional[str] = None) -> PromptEncoder:
-        key = (max_length or self.max_length, query_max_length or self.query_max_length, prompt or self.prompt)
+        key = (self.max_length if max_length is None else max_length,
+               self.query_max_length if query_max_length is None else query_max_length, prompt or self.prompt)
         if key not in self._encoders:
             self._encoders[key] = PromptEncoder.for_inference(self.tokenizer, key[2], key[0], key[1])
         return self._encoders[key]
+
+    def fingerprint(self, shape: Optional[ShapeLike] = None) -> dict:
+        """Everything that decides this scorer's scores at ``shape`` (default: its own): the weights (a
+        digest, see :func:`~pyterrier_matroyshka.fingerprint.weights_digest`), dtype, the adapters a call
+        switches on, the shape, token budgets, prompt, reference bugs and normalization; not the model's name
+        (one folder reached by two paths is one model). Equal fingerprints give equal scores for equal
+        (query, passage) pairs; caches key on it."""
+        shape = (Shape.coerce(shape) if shape is not None else self.shape).validate(self.exits)
+        encoder = self.encoder()
+        return {"weights": self.weights_digest, "dtype": str(self.dtype).removeprefix("torch."),
+                "adapters": self.adapters_for(shape), "shape": str(shape), "max_length": self.max_length,
+                "query_max_length": self.query_max_length, "prompt": encoder.default_prompt,
+                "reference_bugs": sorted(self.reference_bugs), "normalize": bool(self.normalize)}
 
     def mean_lengths(self, pairs: Sequence[Pair]) -> tuple[int, int, int]:
         """Mean query, passage and prompt token counts of ``pairs`` as this scorer encodes them (the
@@ -170,6 +212,8 @@ class MatroyshkaScorer:
     def flops(self, shape: Optional[ShapeLike] = None, query_len: int = 16, passage_len: int = 96,
               prompt_len: Optional[int] = None) -> float:
         """Estimated forward FLOPs per pair for ``shape`` at the given token lengths."""
+        for name, length in (("query_len", query_len), ("passage_len", passage_len), ("prompt_len", prompt_len)):
+            check_int(name, length, 0, optional=name == "prompt_len")
         shape = Shape.coerce(shape) if shape is not None else self.shape
         if prompt_len is None:
             encoder = self.encoder()
@@ -182,16 +226,21 @@ class MatroyshkaScorer:
                       batch_size: Optional[int] = None, max_length: Optional[int] = None,
                       query_max_length: Optional[int] = None, normalize: Optional[bool] = None,
                       prompt: Optional[str] = None, adapters: Optional[Sequence[str]] = None,
-                      verbose: Optional[bool] = None) -> Scores:
+                      verbose: Optional[bool] = None, progress: Optional[Callable[..., Any]] = None) -> Scores:
         """Score (query, passage) pairs.
 
         Returns a list of N floats for a one-exit shape, else ``[n_exits][N]`` in ascending depth.
-        Results are in input order; pairs are length-sorted into batches internally.
+        Results are in input order; pairs are length-sorted into batches internally. With ``verbose``, a
+        progress bar counts the pairs with an ETA; ``progress`` is its tqdm-like class (default
+        ``tqdm.auto.tqdm``; the PyTerrier face passes ``pt.tqdm``, so ``pt.set_tqdm`` applies).
         """
+        check_budgets(batch_size, max_length, query_max_length)
         shape = shape_from_reference_kwargs(shape, cutoff_layers, compress_layers, compress_ratio, self.shape)
         shape.validate(self.exits)
         pairs = _as_pairs(pairs)
-        scores = torch.empty(len(shape.exits), len(pairs))
+        # NaN until written: every column must be filled (and finite) before anything is returned
+        scores = torch.full((len(shape.exits), len(pairs)), float("nan"))
+        filled = torch.zeros(len(pairs), dtype=torch.bool)
         if pairs:
             activate = merge_active_adapters if self.merge_compensation else set_active_adapters
             activate(self.model, self.adapters_for(shape, adapters))
@@ -201,9 +250,14 @@ class MatroyshkaScorer:
             size = batch_size or self.batch_size
             batches = [order[i: i + size] for i in range(0, len(order), size)]
             show = self.verbose if verbose is None else verbose
-            for batch in tqdm(batches, desc="matroyshka", disable=not show, unit="batch"):
-                inputs = encoder.collate([encoded[i] for i in batch], self.device)
-                scores[:, batch] = self.model(**inputs, shape=shape, reference_bugs=self.reference_bugs).cpu()
+            with (progress or tqdm)(total=len(pairs), desc=f"matroyshka {shape}", unit="pair", disable=not show,
+                                    smoothing=0.1) as bar:
+                for batch in batches:
+                    inputs = encoder.collate([encoded[i] for i in batch], self.device)
+                    scores[:, batch] = self.model(**inputs, shape=shape, reference_bugs=self.reference_bugs).cpu()
+                    filled[batch] = True
+                    bar.update(len(batch))
+        _check_filled(scores, filled, pairs, self.dtype)
         if self.normalize if normalize is None else normalize:
             scores = torch.sigmoid(scores.double())
         result = scores.tolist()
@@ -214,17 +268,42 @@ class MatroyshkaScorer:
                 f"dtype={str(self.dtype).removeprefix('torch.')}, device='{self.device}')")
 
 
+def check_budgets(batch_size: Optional[int], max_length: Optional[int], query_max_length: Optional[int]) -> None:
+    """Batch size and token budgets: whole numbers >= 1 (``None``: the default)."""
+    check_int("batch_size", batch_size, 1, optional=True)
+    check_int("max_length (passage tokens)", max_length, 1, optional=True)
+    check_int("query_max_length (query tokens)", query_max_length, 1, optional=True)
+
+
+def _check_filled(scores: torch.Tensor, filled: torch.Tensor, pairs: Sequence[Pair], dtype: torch.dtype) -> None:
+    """Every pair scored, every score finite: else an error names the first bad pair."""
+    if not bool(filled.all()):  # a batching bug, never bad input
+        raise RuntimeError(f"internal error: {int((~filled).sum())} of {len(pairs)} pairs were not scored")
+    bad = (~torch.isfinite(scores)).any(dim=0)
+    if bool(bad.any()):
+        i = int(bad.nonzero()[0])
+        hint = ("fp16 overflows on some inputs: use dtype='bf16' or 'fp32'" if dtype == torch.float16
+                else "the weights may be damaged (look for NaN/inf tensors in the checkpoint and adapters)")
+        raise UserError(f"the model gave a non-finite score ({scores[:, i].tolist()}) to pair {i} "
+                        f"({pairs[i][0]!r:.60}, {pairs[i][1]!r:.60}) and {int(bad.sum()) - 1} other pair(s); {hint}")
+
+
 def _as_pairs(pairs) -> list[Pair]:
-    """Validate input: one pair or a list of pairs of strings; a TypeError names the bad index."""
+    """Validate input: one pair or a list of pairs of strings; a TypeError names the bad index, a lone
+    surrogate (text no tokenizer can read) a UserError."""
     if isinstance(pairs, tuple) and len(pairs) == 2 and all(isinstance(x, str) for x in pairs):
         pairs = [pairs]
+    if isinstance(pairs, (str, bytes)):
+        raise TypeError(f"pairs is one string {pairs!r:.80}; expected (query, passage) tuples")
     pairs = list(pairs)
     for i, pair in enumerate(pairs):
         if not (isinstance(pair, (tuple, list)) and len(pair) == 2):
             raise TypeError(f"pair {i} is {type(pair).__name__} {pair!r:.80}; expected a (query, passage) tuple")
-        query, passage = pair
-        if not isinstance(query, str) or not isinstance(passage, str):
-            bad = "query" if not isinstance(query, str) else "passage"
-            raise TypeError(f"pair {i}: {bad} is {type(pair[bad == 'passage']).__name__}, expected str "
-                            f"(a NaN here usually means a missing text; fill or drop it first)")
+        for what, text in zip(("query", "passage"), pair):
+            problem = text_problem(text)
+            if problem is None:
+                continue
+            if not isinstance(text, str):
+                raise TypeError(f"pair {i}: {what} {problem}")
+            raise UserError(f"pair {i}: {what} {problem}")
     return [tuple(p) for p in pairs]

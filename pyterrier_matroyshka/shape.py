@@ -11,9 +11,12 @@ form is compact and round-trips, so it can name a system in ``pt.Experiment``::
 from __future__ import annotations
 
 import math
+import numbers
 import re
 from dataclasses import dataclass
 from typing import Iterable, Sequence, Union
+
+from .errors import UserError, check_int
 
 _PATTERN = re.compile(r"^L(?P<exits>\d+(?:,\d+)*)(?::r(?P<ratio>\d+)@(?P<layers>\d+(?:,\d+)*))?$")
 
@@ -31,25 +34,30 @@ class Shape:
     ratio: int = 1
 
     def __init__(self, exits: Union[int, Iterable[int]], compress_layers: Iterable[int] = (), ratio: int = 1):
-        exits = (exits,) if isinstance(exits, int) else tuple(exits)
+        exits = (exits,) if isinstance(exits, numbers.Integral) else tuple(_sequence("exits", exits))
         if not exits:
-            raise ValueError("a shape needs at least one exit depth, e.g. Shape(exits=[32])")
-        if not isinstance(ratio, int) or ratio < 1:
-            raise ValueError(f"compression ratio must be an integer >= 1 (1 = no compression), got {ratio!r}")
+            raise UserError("a shape needs at least one exit depth, e.g. Shape(exits=[32])")
+        exits = [check_int("an exit depth", e, 1) for e in exits]
+        if isinstance(ratio, bool) or not isinstance(ratio, numbers.Integral) or ratio < 1:
+            raise UserError(f"compression ratio must be an integer >= 1 (1 = no compression), got {ratio!r}")
+        ratio = int(ratio)
         # 0 is how the reference switches a compression layer off; accept it and drop it.
-        layers = tuple(sorted({int(c) for c in compress_layers if int(c) != 0})) if ratio > 1 else ()
+        layers = [check_int("a compression layer", c, 0) for c in _sequence("compress_layers", compress_layers)]
+        layers = tuple(sorted({c for c in layers if c != 0})) if ratio > 1 else ()
         if ratio > 1 and not layers:
-            raise ValueError(f"ratio {ratio} needs at least one compression layer, e.g. compress_layers=[8]")
-        object.__setattr__(self, "exits", tuple(sorted({int(e) for e in exits})))
+            raise UserError(f"ratio {ratio} needs at least one compression layer, e.g. compress_layers=[8]")
+        object.__setattr__(self, "exits", tuple(sorted(set(exits))))
         object.__setattr__(self, "compress_layers", layers)
-        object.__setattr__(self, "ratio", int(ratio))
+        object.__setattr__(self, "ratio", ratio)
 
     @classmethod
     def parse(cls, text: str) -> "Shape":
         """Parse the compact string form (see the module docstring)."""
+        if not isinstance(text, str):
+            raise UserError(f"a shape string is needed, got {type(text).__name__} {text!r}")
         match = _PATTERN.match(text.replace(" ", ""))
         if not match:
-            raise ValueError(f"cannot parse shape {text!r}: expected e.g. 'L32', 'L16,32' or 'L20,24:r2@8,16'")
+            raise UserError(f"cannot parse shape {text!r}: expected e.g. 'L32', 'L16,32' or 'L20,24:r2@8,16'")
         exits = [int(e) for e in match["exits"].split(",")]
         if match["ratio"] is None:
             return cls(exits)
@@ -83,12 +91,12 @@ class Shape:
         """Check the shape against a model whose heads sit at ``available_exits``; returns self."""
         missing = [e for e in self.exits if e not in available_exits]
         if missing:
-            raise ValueError(f"shape {self}: exit(s) {missing} not among the model's exits "
-                             f"{_span(available_exits)}; pick exits from that list")
+            raise UserError(f"shape {self}: exit(s) {missing} not among the model's exits "
+                            f"{_span(available_exits)}; pick exits from that list")
         late = [c for c in self.compress_layers if not 1 <= c < self.depth]
         if late:
-            raise ValueError(f"shape {self}: compression layer(s) {late} must lie in 1..{self.depth - 1} "
-                             f"(before the deepest exit {self.depth}); layers at or after it would never run")
+            raise UserError(f"shape {self}: compression layer(s) {late} must lie in 1..{self.depth - 1} "
+                            f"(before the deepest exit {self.depth}); layers at or after it would never run")
         return self
 
     def tokens_per_block(self, passage_len: int, fixed_len: int) -> list[int]:
@@ -104,10 +112,12 @@ class Shape:
     def flops(self, dims: "BackboneDims", query_len: int, passage_len: int, prompt_len: int) -> float:
         """Estimated forward FLOPs for one pair (spec section 9): per block, 2 x parameters x tokens
         for the projections and MLP, plus 2 x T^2 x attention width for the causal QK^T and AV."""
-        total = 0.0
-        for tokens in self.tokens_per_block(passage_len, query_len + prompt_len):
-            total += 2.0 * dims.block_params * tokens + 2.0 * tokens * tokens * dims.attention_width
-        return total
+        return sum(self.block_flops(dims, query_len, passage_len, prompt_len))
+
+    def block_flops(self, dims: "BackboneDims", query_len: int, passage_len: int, prompt_len: int) -> list[float]:
+        """The :meth:`flops` of each block 0..depth-1 for one pair (a cascade sums a range of them)."""
+        return [2.0 * dims.block_params * tokens + 2.0 * tokens * tokens * dims.attention_width
+                for tokens in self.tokens_per_block(passage_len, query_len + prompt_len)]
 
 
 @dataclass(frozen=True)
@@ -136,6 +146,13 @@ class BackboneDims:
         q_and_o = 2 * self.hidden * self.attention_width
         k_and_v = 2 * self.hidden * self.kv_heads * self.head_dim
         return q_and_o + k_and_v + 3 * self.hidden * self.intermediate
+
+
+def _sequence(name: str, values) -> Sequence:
+    """``values`` as a sequence of items (a string or a lone number is refused, not split or wrapped)."""
+    if isinstance(values, (str, bytes)) or not isinstance(values, Iterable):
+        raise UserError(f"{name} must be a list of whole numbers, got {type(values).__name__} {values!r}")
+    return list(values)
 
 
 def _span(values: Sequence[int]) -> str:

@@ -24,17 +24,19 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import IO, Sequence, Union
 
+from .errors import UserError
+
 __all__ = ["ShardStore", "ShardWriter", "Record", "DamagedShardError", "JobMismatchError"]
 
 JOB_FILE = "job.json"
 PathLike = Union[str, Path]
 
 
-class DamagedShardError(RuntimeError):
+class DamagedShardError(UserError):
     """A shard file disagrees with its manifest (changed, truncated or damaged after it was written)."""
 
 
-class JobMismatchError(RuntimeError):
+class JobMismatchError(UserError):
     """The work folder belongs to a job started with other arguments or another input."""
 
 
@@ -266,7 +268,7 @@ class ShardWriter:
             fcntl.flock(self._data.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             self._data.close()
-            raise RuntimeError(f"{shard} is being written by another process: the same job runs twice in "
+            raise UserError(f"{shard} is being written by another process: the same job runs twice in "
                                f"{shard.parent}; stop the other one first") from None
         records, manifest_end = read_manifest(manifest, shard)
         _verify(shard, manifest, records)

@@ -1,4 +1,5 @@
-"""Shared fixtures: the golden checkpoint, tiny random backbones saved as raw base LMs, bench scripts as modules."""
+"""Shared fixtures (the golden checkpoint, tiny random backbones saved as raw base LMs, bench scripts as modules)
+and the test groups: ``pytest -m unit`` is the quick subset, ``golden``, ``integration`` and ``slow`` the rest."""
 from __future__ import annotations
 
 import importlib.util
@@ -12,6 +13,7 @@ from types import ModuleType
 import pytest
 import torch
 
+from helpers import tiny_base
 from pyterrier_matroyshka.offline.paths import shared_data_dir, shared_golden_dir
 
 BENCH = Path(__file__).resolve().parent.parent / "bench"
@@ -26,6 +28,39 @@ try:
     transformers.logging.disable_progress_bar()
 except ImportError:  # pragma: no cover
     pass
+
+
+#: each module's group (markers registered in setup.cfg); a test may name its own with a marker instead
+MODULE_GROUPS = {
+    "unit": {"test_compress.py", "test_shape.py", "test_trec.py", "test_fusion.py", "test_model_properties.py",
+             "test_evaluate_demo.py", "test_recipe.py", "test_train_data.py", "test_train_export.py",
+             "test_train_losses.py", "test_train_holdout.py", "test_train_stages.py", "test_train_groups.py",
+             "test_reranker.py", "test_train_mix.py", "test_train_lr_schedule.py"},
+    "golden": {"test_golden.py", "test_token_golden.py"},
+    "integration": {"test_bm25.py", "test_collections.py", "test_cli.py", "test_pyserini.py", "test_notebooks.py",
+                    "test_teacher.py", "test_offline.py", "test_train_ddp.py"},
+}
+SLOW_MODULES = {"test_notebooks.py", "test_offline.py", "test_teacher.py"}
+GROUPS = tuple(MODULE_GROUPS)
+
+
+def group_of(item: pytest.Item) -> str:
+    """A test's group: its own marker; else integration when it reads the real collections (``data_dir``) or
+    its module is not listed (so a new test never slows the quick subset); else its module's."""
+    for group in GROUPS:
+        if item.get_closest_marker(group):
+            return group
+    module = Path(str(item.fspath)).name
+    listed = next((group for group, modules in MODULE_GROUPS.items() if module in modules), "integration")
+    return "integration" if "data_dir" in getattr(item, "fixturenames", ()) else listed
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if not any(item.get_closest_marker(group) for group in GROUPS):
+            item.add_marker(group_of(item))
+        if Path(str(item.fspath)).name in SLOW_MODULES:
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(scope="session")
@@ -54,33 +89,14 @@ def data_dir() -> Path:
     return data
 
 
-def build_raw_base(folder: Path, tokenizer_source: Path, model_type: str = "llama", layers: int = 4,
-                   hidden: int = 32, seed: int = 0) -> Path:
-    """Save a tiny random causal LM (Mistral v1 vocabulary) plus tokenizer as a raw base folder."""
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
-
-    torch.manual_seed(seed)
-    config = AutoConfig.for_model(model_type, vocab_size=32000, hidden_size=hidden, intermediate_size=2 * hidden,
-                                  num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
-                                  max_position_embeddings=1024, tie_word_embeddings=False)
-    model = AutoModelForCausalLM.from_config(config)
-    with torch.no_grad():  # peaked attention, so compression weights matter
-        for name, p in model.named_parameters():
-            if "proj" in name:
-                p.normal_(0, 0.2)
-    model.save_pretrained(folder)
-    AutoTokenizer.from_pretrained(tokenizer_source).save_pretrained(folder)
-    return folder
-
-
 @pytest.fixture(scope="session")
 def raw_llama(tmp_path_factory, tiny_checkpoint) -> Path:
-    return build_raw_base(tmp_path_factory.mktemp("llama"), tiny_checkpoint, "llama")
+    return tiny_base(tmp_path_factory.mktemp("llama"), tiny_checkpoint, layers=4, model_type="llama")
 
 
 @pytest.fixture(scope="session")
 def raw_qwen2(tmp_path_factory, tiny_checkpoint) -> Path:
-    return build_raw_base(tmp_path_factory.mktemp("qwen2"), tiny_checkpoint, "qwen2")
+    return tiny_base(tmp_path_factory.mktemp("qwen2"), tiny_checkpoint, layers=4, model_type="qwen2")
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,9 @@ pytest.importorskip("pyterrier_pisa")
 
 from pyterrier.measures import nDCG  # noqa: E402
 
-from pyterrier_matroyshka.offline.bm25 import bm25, dl19_bm25_run, pisa_index  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from pyterrier_matroyshka.offline.bm25 import bm25, dl19_bm25_run, pisa_index, text_loader  # noqa: E402
 from pyterrier_matroyshka.offline.collections import DL19_ID, pt_dataset  # noqa: E402
 
 
@@ -51,6 +53,12 @@ def test_scifact_text_joins_title():
     assert res.text.iloc[0] == f"{doc.title} {doc.text}".strip()
     # the train and test subsets share one corpus, so one index
     assert pisa_index("beir/scifact/train").path == pisa_index("beir/scifact/test").path
+
+
+def test_text_loader_on_an_empty_frame():
+    out = text_loader("beir/scifact/test")(pd.DataFrame({"qid": pd.Series([], dtype=str),
+                                                          "docno": pd.Series([], dtype=str)}))
+    assert len(out) == 0 and "text" in out.columns
 
 
 def test_dl19_official_run():

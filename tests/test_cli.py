@@ -4,6 +4,7 @@ from __future__ import annotations
 import pytest
 
 from pyterrier_matroyshka.cli import default_shapes, main
+from pyterrier_matroyshka.errors import UserError
 from pyterrier_matroyshka.trec import read_trec_run, write_trec_run
 
 
@@ -25,20 +26,30 @@ def test_rerank_evaluate_round_trip(bm25_run, tiny_checkpoint, tmp_path, capsys)
     assert set(zip(before.qid, before.docno)) == set(zip(after.qid, after.docno))
     assert not after.score.equals(before.score)
     main(["evaluate", "--dataset", "cranfield", str(bm25_run), str(out)])
-    table = capsys.readouterr().out
-    assert "nDCG@10" in table and "RR@10" in table and str(out) in table
+    header, *rows = capsys.readouterr().out.strip().splitlines()
+    assert header.split() == ["name", "nDCG@10", "p(nDCG@10)", "RR@10", "p(RR@10)"]  # pt.Experiment's, vs. the first
+    assert [row.split()[0] for row in rows] == [str(bm25_run), str(out)] and rows[0].split()[2] == "-"
+    assert 0 <= float(rows[1].split()[2]) <= 1
 
 
 def test_experiment_table(tiny_checkpoint, data_dir, capsys):
     main(["experiment", "--dataset", "cranfield", "--queries", "3", "--top-k", "10", "--model", str(tiny_checkpoint),
           "--dtype", "fp32", "--shapes", "L8", "L4", "L8:r2@2"])
-    lines = capsys.readouterr().out.strip().splitlines()
+    captured = capsys.readouterr()
+    lines = captured.out.strip().splitlines()
     header = lines[-5].split()
-    assert header[:5] == ["name", "nDCG@10", "RR@10", "GFLOP/pair", "seconds"]
+    assert header == ["name", "nDCG@10", "p(nDCG@10)", "RR@10", "p(RR@10)", "GFLOP/pair", "mrt"]
     names = [line.split()[0] for line in lines[-4:]]
     assert names == ["BM25", "L8", "L4", "L8:r2@2"]
-    flops = {line.split()[0]: float(line.split()[3]) for line in lines[-3:]}
+    flops = {line.split()[0]: float(line.split()[5]) for line in lines[-3:]}
     assert flops["L4"] < flops["L8"] and flops["L8:r2@2"] < flops["L8"]
+    # said up front: what will run and roughly how long; then each row as it finishes; bars on stderr
+    plan = lines[:lines.index(next(line for line in lines if line.startswith("  total")))]
+    assert "3 queries, top 10 candidates" in plan[0] and [line.split()[0] for line in plan[1:]] == ["BM25", *names[1:]]
+    assert all("min" in line for line in plan[2:])
+    finished = [line for line in lines if "so far)" in line]
+    assert [line.split()[0] for line in finished] == names and "nDCG@10" in finished[1]
+    assert "matroyshka L8:r2@2" in captured.err and "30/30" in captured.err
 
 
 def test_malformed_run_names_the_line(tmp_path, tiny_checkpoint, data_dir):
@@ -79,30 +90,14 @@ def test_merge_compensation_flag_keeps_the_scores(bm25_run, tiny_checkpoint, tmp
     assert merged.score.to_numpy() != pytest.approx(none.score.to_numpy(), abs=1e-2)
 
 
-def test_score_in_text_flag_feeds_the_runs_scores_to_the_model(bm25_run, tiny_checkpoint, tmp_path):
-    from pyterrier_matroyshka import MatroyshkaReRanker
-    from pyterrier_matroyshka.shape_comparison import first_stage
-
-    runs = {}
-    for name, extra in {"plain": [], "score_in_text": ["--score-in-text"]}.items():
-        runs[name] = tmp_path / f"{name}.run"
-        main(["rerank", "--dataset", "cranfield", "--run", str(bm25_run), "--model", str(tiny_checkpoint),
-              "--dtype", "fp32", "--shape", "L4", "--output", str(runs[name]), *extra])
-    plain, with_scores = (read_trec_run(path).sort_values(["qid", "docno"]) for path in runs.values())
-    expected = MatroyshkaReRanker(str(tiny_checkpoint), dtype="fp32", shape="L4", score_in_text=True)(
-        first_stage("cranfield", run=str(bm25_run))).sort_values(["qid", "docno"])
-    assert with_scores.score.to_numpy() == pytest.approx(expected.score.to_numpy(), abs=1e-4)
-    assert with_scores.score.to_numpy() != pytest.approx(plain.score.to_numpy(), abs=1e-3)
-
-
 def test_experiment_fuse_adds_a_fused_row_per_shape(tiny_checkpoint, data_dir, capsys):
     main(["experiment", "--dataset", "cranfield", "--queries", "3", "--top-k", "10", "--model", str(tiny_checkpoint),
           "--dtype", "fp32", "--shapes", "L8", "L4", "--fuse", "1"])
     rows = [line.split() for line in capsys.readouterr().out.strip().splitlines()[-5:]]
     assert [row[0] for row in rows] == ["BM25", "L8", "L8", "L4", "L4"]
     assert rows[2][1:4] == ["+", "BM25", "(1)"]
-    # at weight 1 the fused ranking is BM25's own, whatever the shape
-    assert rows[2][4:6] == rows[0][1:3] and rows[4][4:6] == rows[0][1:3]
+    # at weight 1 the fused ranking is BM25's own, whatever the shape (nDCG@10 and RR@10; p-values 1 or NaN)
+    assert [rows[2][4], rows[2][6]] == [rows[0][1], rows[0][3]] and [rows[4][4], rows[4][6]] == [rows[0][1], rows[0][3]]
 
 
 def test_rerank_fuse_writes_the_interpolated_run(bm25_run, tiny_checkpoint, tmp_path):
@@ -120,15 +115,16 @@ def test_rerank_fuse_writes_the_interpolated_run(bm25_run, tiny_checkpoint, tmp_
 
 
 def test_bare_fuse_needs_a_weight_for_other_models(bm25_run, tiny_checkpoint, tmp_path):
-    with pytest.raises(SystemExit, match="give one"):
+    with pytest.raises(UserError, match="give one"):
         main(["rerank", "--dataset", "cranfield", "--run", str(bm25_run), "--model", str(tiny_checkpoint),
               "--fuse", "--output", str(tmp_path / "o.run")])
 
 
-def test_fuse_weight_out_of_range_fails_before_scoring(bm25_run, tmp_path):
-    with pytest.raises(ValueError, match=r"outside \[0, 1\]"):
+def test_fuse_weight_out_of_range_fails_before_scoring(bm25_run, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:
         main(["rerank", "--dataset", "cranfield", "--run", str(bm25_run), "--model", "no/such-model",
               "--fuse", "-0.5", "--output", str(tmp_path / "o.run")])
+    assert exit_.value.code == 2 and "outside [0, 1]" in capsys.readouterr().err
 
 
 def test_per_query_values_average_to_the_aggregate():

@@ -105,15 +105,14 @@ def test_significance_against_the_same_system_scored_elsewhere(bench, tmp_path, 
     assert f"| stage1 | L30 | {(1 - ndcg_second) / 2:+.4f} |" in out
 
 
-def test_candidates_can_carry_each_pairs_bm25_score_in_the_passage(bench, tmp_path):
+def test_candidates_get_each_documents_text_in_the_runs_order(bench, tmp_path):
     run = pd.DataFrame({"qid": ["1", "1", "2"], "query": ["q"] * 3, "docno": ["a", "b", "a"],
                         "rank": [0, 1, 0], "score": [12.34, 5.0, 7.96]})
     run.to_parquet(tmp_path / "vaswani.run.parquet")
     pd.DataFrame({"docno": ["a", "b"], "text": ["alpha", "beta"]}).to_parquet(tmp_path / "vaswani.docs.parquet")
-    assert bench.read_candidates("vaswani", tmp_path)["text"].tolist() == ["alpha", "beta", "alpha"]
-    with_scores = bench.read_candidates("vaswani", tmp_path, score_in_text=True)
-    assert with_scores["text"].tolist() == ["[BM25 12.3] alpha", "[BM25 5.0] beta", "[BM25 8.0] alpha"]
-    assert with_scores[["qid", "docno"]].equals(run[["qid", "docno"]])  # the user's rows, in their order
+    frame = bench.read_candidates("vaswani", tmp_path)
+    assert frame["text"].tolist() == ["alpha", "beta", "alpha"]
+    assert frame[["qid", "docno"]].equals(run[["qid", "docno"]])  # the user's rows, in their order
 
 
 def test_a_run_file_with_its_own_texts_gives_each_pair_its_passage(bench, tmp_path):

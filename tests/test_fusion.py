@@ -86,3 +86,16 @@ def test_fuses_a_matroyshka_reranker_in_a_pipeline(tiny_checkpoint, candidates):
     alone = reranker(candidates)
     np.testing.assert_allclose(out["score_reranker"], alone["score"])
     np.testing.assert_allclose(out["score"], interpolate(alone["qid"], candidates["score"], alone["score"], 0.25))
+
+
+class TestTransformerContract(pt.testing.TransformerTestCase):
+    """PyTerrier's own checks (inspection, schematic) of the fusion over the re-ranker on the golden checkpoint."""
+
+    @staticmethod
+    def get_transformer():
+        from pyterrier_matroyshka.offline.paths import shared_golden_dir
+
+        if shared_golden_dir() is None:
+            pytest.skip("../shared/golden is not beside the repository")
+        reranker = MatroyshkaReRanker(str(shared_golden_dir() / "tiny-matroyshka"), dtype="fp32", device="cpu")
+        return FirstStageFusion(reranker, weight=0.5)

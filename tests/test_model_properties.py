@@ -157,7 +157,7 @@ def test_switchable_adapters(tiny_checkpoint, golden_pairs):
 def test_merged_switch_matches_lora_and_never_drifts(tiny_checkpoint, golden_pairs):
     """merge_compensation puts the active adapter into the weights: the scores of the LoRA path, in
     any order of switches, and the unmerged weights come back bit for bit."""
-    from pyterrier_matroyshka.checkpoint import set_active_adapters
+    from pyterrier_matroyshka.adapters import set_active_adapters
 
     base = str(tiny_checkpoint)
     named = {"layer": f"{base}/compensate/layer/full", "r2": f"{base}/compensate/token/ratio_2"}
@@ -184,14 +184,14 @@ def test_auto_adapter_choice_by_shape(tiny_checkpoint, golden_pairs, tmp_path):
     import json
     import shutil
 
-    from pyterrier_matroyshka.checkpoint import pick_adapters
+    from pyterrier_matroyshka.adapters import ADAPTER_INFO, pick_adapters
 
     base = str(tiny_checkpoint)
     vertical, horizontal = tmp_path / "vertical", tmp_path / "r2"
     shutil.copytree(tiny_checkpoint / "compensate/layer/full", vertical)
     shutil.copytree(tiny_checkpoint / "compensate/token/ratio_2", horizontal)
-    (vertical / "matroyshka_adapter.json").write_text(json.dumps({"kind": "vertical", "ratios": [1]}))
-    (horizontal / "matroyshka_adapter.json").write_text(json.dumps({"kind": "horizontal", "ratios": [2]}))
+    (vertical / ADAPTER_INFO).write_text(json.dumps({"kind": "vertical", "ratios": [1]}))
+    (horizontal / ADAPTER_INFO).write_text(json.dumps({"kind": "horizontal", "ratios": [2]}))
     auto = MatroyshkaScorer(base, compensation=[str(vertical), str(horizontal)], dtype="fp32", device="cpu")
     assert auto.adapters_for(Shape(8)) == ["vertical"] and auto.adapters_for(Shape(8, [2], 2)) == ["r2"]
     assert auto.adapters_for(Shape(8, [2], 4)) == ["vertical"]  # no horizontal adapter for r=4

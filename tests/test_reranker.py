@@ -106,20 +106,6 @@ def test_nan_text_names_qid_and_docno(scorer, frame):
         MatroyshkaReRanker(scorer=scorer)(frame)
 
 
-def test_score_in_text_feeds_the_first_stage_score_before_each_passage(scorer, frame):
-    reranker = MatroyshkaReRanker(scorer=scorer, score_in_text=True)
-    out = reranker.with_shape("L6")(frame)
-    texts = [f"[BM25 {s:.1f}] {t}" for s, t in zip(frame.score, frame.text)]
-    assert np.allclose(out.score, scorer.compute_score(list(zip(frame["query"], texts)), shape="L6"))
-    assert not np.allclose(out.score, scorer.compute_score(list(zip(frame["query"], frame.text)), shape="L6"))
-    assert list(out.text) == list(frame.text)  # the user's text column is left as it was
-    with pytest.raises(pt.validate.InputValidationError, match=r"\['score'\].*pipe the retriever"):
-        reranker(frame.drop(columns=["score", "rank"]))
-    frame.loc[1, "score"] = float("nan")
-    with pytest.raises(ValueError, match="not finite"):
-        reranker(frame)
-
-
 def test_repr_schematic_and_normalize(scorer, frame):
     reranker = MatroyshkaReRanker(scorer=scorer, shape="L6", normalize=True)
     assert repr(reranker) == "MatroyshkaReRanker(L6)"

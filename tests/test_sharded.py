@@ -16,6 +16,7 @@ import pytest
 
 from pyterrier_matroyshka.candidate_stream import FrameCandidates, TrecRunCandidates
 from pyterrier_matroyshka.cli import main
+from pyterrier_matroyshka.errors import UserError
 from pyterrier_matroyshka.shard_store import DamagedShardError, JobMismatchError, ShardStore
 from pyterrier_matroyshka.sharded import TEST_STOP_VARIABLE, rerank_sharded
 from pyterrier_matroyshka.trec import format_trec_run, write_trec_run
@@ -74,7 +75,7 @@ def test_a_damaged_shard_is_refused_naming_the_file_and_the_fix(tmp_path, damage
 def test_a_second_job_cannot_write_the_same_shard(tmp_path):
     store = ShardStore(tmp_path / "parts")
     with store.writer(0):
-        with pytest.raises(RuntimeError, match="another process"):
+        with pytest.raises(UserError, match="another process"):
             ShardStore(tmp_path / "parts").writer(0)
 
 
@@ -129,7 +130,7 @@ def test_a_run_file_is_streamed_with_topics_and_text(tmp_path):
     assert [qid for qid, _ in loaded] == ["q0", "q1"]
     assert list(loaded[1][1]["docno"]) == ["d1-4", "d1-3"] and list(loaded[1][1]["query"]) == ["query 1"] * 2
     unknown = TrecRunCandidates(run, {"q0": "x"}, lambda df: df)
-    with pytest.raises(ValueError, match="'q1' is not among the topics"):
+    with pytest.raises(UserError, match=r"1 qid\(s\) are not among the topics given: \['q1'\]"):
         list(unknown)
 
 

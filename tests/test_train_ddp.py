@@ -7,11 +7,12 @@ import os
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from pyterrier_matroyshka.offline.paths import shared_golden_dir
-from train.testing import tiny_base, toy_groups
+from helpers import tiny_base, toy_groups
 
 GOLDEN = shared_golden_dir()
 
@@ -28,7 +29,7 @@ def test_two_process_torchrun_draws_identical_shapes(tmp_path):
     data = toy_groups(tmp_path / "g.jsonl", n=8, negatives=5)
     out = tmp_path / "out"
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1", "--master_port", str(_free_port()),
-               "-m", "train.ddp_check", "stage1", "--model", str(base), "--start_layer", "2",
+               str(Path(__file__).with_name("ddp_check.py")), "stage1", "--model", str(base), "--start_layer", "2",
                "--train_data", str(data), "--output_dir", str(out), "--group_size", "4", "--batch_size", "1",
                "--grad_accum", "2", "--max_steps", "3", "--lora_r", "4", "--lora_alpha", "8",
                "--compress_every", "2", "--bf16", "false", "--save_steps", "2", "--lr", "1e-3"]

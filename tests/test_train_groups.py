@@ -19,7 +19,7 @@ needs_data = pytest.mark.skipif(shared_data_dir() is None, reason="../shared/dat
 
 
 @pytest.fixture(scope="module")
-def cranfield(tmp_path_factory):
+def cranfield(tmp_path_factory, data_dir):
     """Groups of the first 40 Cranfield queries with positives, written twice with the same seed."""
     out = tmp_path_factory.mktemp("groups")
     groups, summary = mine_groups("cranfield", num_negatives=7, window=(10, 100), seed=3, max_queries=40)
@@ -128,9 +128,33 @@ def test_compute_score_teacher_and_errors(tmp_path):
     assert record["pos_scores"] == [1.0] and record["neg_scores"] == [0.5, 2.0] and record["qid"] == "1"
     path.write_text('{"query": "q", "pos": ["a"], "neg": ["b"]}\nnot json\n')
     with pytest.raises(ValueError, match=r"g\.jsonl:2: malformed JSON"):
-        add_teacher_scores(path, tmp_path / "t.jsonl", Half())
+        add_teacher_scores(path, tmp_path / "t2.jsonl", Half())
+    with pytest.raises(ValueError, match=r"t\.jsonl is not a scored copy of the first groups.*line 1"):
+        add_teacher_scores(path, tmp_path / "t.jsonl", Half())  # another source's scores are never overwritten
     with pytest.raises(TypeError):
         score_function(42)
+
+
+def test_teacher_scores_resume_after_a_stop(tmp_path):
+    class Counting:
+        calls = 0
+
+        def compute_score(self, pairs):
+            Counting.calls += len(pairs)
+            return [float(len(p)) for _, p in pairs]
+
+    path = tmp_path / "g.jsonl"
+    path.write_text("".join(json.dumps({"qid": str(i), "query": f"q{i}", "pos": ["p" * i], "neg": ["n", "nn"]}) + "\n"
+                            for i in range(10)))
+    whole = tmp_path / "whole.jsonl"
+    add_teacher_scores(path, whole, Counting(), chunk=3)
+    stopped = tmp_path / "stopped.jsonl"
+    lines = whole.read_text().splitlines(keepends=True)
+    stopped.write_text("".join(lines[:4]) + lines[4][:17])  # four groups written, the fifth cut mid-line
+    Counting.calls = 0
+    assert add_teacher_scores(path, stopped, Counting(), chunk=3) == 10
+    assert stopped.read_bytes() == whole.read_bytes()
+    assert Counting.calls == 6 * 3  # only the six unfinished groups were scored
 
 
 def _write_groups(path: Path, positives: list[list[str]], negatives: list[str] = ("n",)) -> Path:
@@ -162,38 +186,3 @@ def test_split_by_positives_keeps_clusters_on_one_side(tmp_path):
     assert all(r["neg"] == ["n", "bb"] and r["neg_ids"] == ["id-n", "id-bb"] and r["neg_scores"] == [1.0, 2.0]
                for r in kept)
     assert all(r["neg"] == ["n", "bb", "b", "e"] for r in held)
-
-
-@needs_data
-def test_title_groups_are_bodies_for_titles_without_labels(tmp_path):
-    from pyterrier_matroyshka.offline.collections import ensure_dataset
-    from train.title_groups import MIN_TITLE_WORDS, mine_title_groups
-
-    groups, summary = mine_title_groups("cranfield", 12, num_negatives=5, seed=7)
-    again, _ = mine_title_groups("cranfield", 12, num_negatives=5, seed=7)
-    assert groups == again and summary.used == len(groups) == 12
-    docs = {d.doc_id: d for d in ensure_dataset("cranfield").docs_iter()}
-    for g in groups:
-        (doc_id,) = g["pos_ids"]
-        assert g["qid"] == f"title:{doc_id}" and g["query"] == " ".join(docs[doc_id].title.split())
-        assert len(g["query"].split()) >= MIN_TITLE_WORDS
-        assert doc_id not in g["neg_ids"] and len(set(g["neg_ids"])) == 5
-        # every passage is a body: the title is never handed to the model as part of a passage
-        assert g["pos"] == [docs[doc_id].text.strip()]
-        assert g["neg"] == [docs[d].text.strip() for d in g["neg_ids"]]
-    read_groups(write_groups(groups, summary, tmp_path / "titles.jsonl"))  # the training reader accepts them
-
-
-def test_title_groups_refuse_untitled_collections_and_bad_counts():
-    from train.title_groups import mine_title_groups, titled_documents
-
-    class Untitled:  # an ir_datasets dataset whose documents have no title
-        Doc = type("Doc", (), {"_fields": ("doc_id", "text")})
-
-        def docs_cls(self):
-            return self.Doc
-
-    with pytest.raises(ValueError, match="'title' and 'text'"):
-        titled_documents(Untitled())
-    with pytest.raises(ValueError, match="num_docs must be at least 1"):
-        mine_title_groups("cranfield", 0)

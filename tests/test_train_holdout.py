@@ -16,7 +16,7 @@ from train.config import load_config
 from train.data import read_groups
 from train.holdout import evaluate_groups, ranking_metrics
 from train.stages import Trainer
-from train.testing import tiny_base, toy_groups
+from helpers import tiny_base, toy_groups
 
 GOLDEN = shared_golden_dir()
 
@@ -35,6 +35,7 @@ def test_ranking_metrics_by_hand():
     assert ranking_metrics([-1.0], [float(i) for i in range(10)]) == {"RR@10": 0.0, "nDCG@10": 0.0}
 
 
+@pytest.mark.integration  # a fresh interpreter
 def test_importing_the_engine_does_not_import_pyterrier():
     code = ("import sys, pyterrier_matroyshka; from pyterrier_matroyshka import MatroyshkaScorer; "
             "assert 'pyterrier' not in sys.modules; from pyterrier_matroyshka import MatroyshkaReRanker; "
@@ -90,3 +91,18 @@ class TestWithTinyBase:
         report = evaluate_groups(scorer, read_groups([str(groups)]), "L4")
         assert report == evaluate_groups(plain, read_groups([str(groups)]), "L4")
         assert report["groups"] == 4 and 0 < report["RR@10"] <= 1 and 0 < report["nDCG@10"] <= 1
+
+
+def test_holdout_reports_each_domain():
+    from train.data import Group
+
+    class ByLength:  # the longer passage wins: positives are long in domain 'a', short in domain 'b'
+        def compute_score(self, pairs, shape=None):
+            return [float(len(p)) for _, p in pairs]
+
+    groups = [Group("q", ("long positive",), ("n", "m")), Group("q", ("p",), ("negative one", "negative two"))]
+    groups = [Group(g.query, g.pos, g.neg, domain=d) for g, d in zip(groups, ("a", "b"))]
+    report = evaluate_groups(ByLength(), groups, "L4")
+    assert report["by_domain"]["a"]["RR@10"] == 1.0 and report["by_domain"]["b"]["RR@10"] == pytest.approx(1 / 3)
+    assert report["RR@10"] == pytest.approx((1 + 1 / 3) / 2) and report["groups"] == 2
+    assert "by_domain" not in evaluate_groups(ByLength(), groups[:1], "L4")

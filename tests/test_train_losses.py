@@ -113,6 +113,7 @@ def golden_stage1():
 
 
 @needs_golden
+@pytest.mark.golden
 @pytest.mark.parametrize("variant", ["configs_reference", "configs_corrected"])
 @pytest.mark.parametrize("name", ["r2_layers_2_4", "r4_layer_4_of_2_4_6", "r1_no_compression"])
 def test_stage1_loss_matches_golden(golden_stage1, variant, name):

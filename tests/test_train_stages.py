@@ -8,13 +8,14 @@ from pathlib import Path
 import pytest
 import torch
 
+from pyterrier_matroyshka.adapters import ADAPTER_INFO
 from pyterrier_matroyshka.offline.paths import shared_golden_dir
 from pyterrier_matroyshka.scorer import MatroyshkaScorer
 from pyterrier_matroyshka.shape import Shape
 from train.config import load_config
 from train.data import collate
-from train.stages import ADAPTER_INFO, Trainer
-from train.testing import toy_groups, tiny_base
+from train.stages import Trainer
+from helpers import tiny_base, toy_groups
 
 GOLDEN = shared_golden_dir()
 pytestmark = [pytest.mark.skipif(GOLDEN is None, reason="needs the Mistral tokenizer of ../shared/golden"),
@@ -72,6 +73,7 @@ def _scores(base: Path, adapters=None, shape="L6") -> list[float]:
                             shape=shape).compute_score(PAIRS)
 
 
+@pytest.mark.integration  # whole training runs: not in the quick subset
 def test_stage1_stage2_stage3_train_and_load_in_engine(base, groups, tmp_path):
     s1 = _train_and_check(_config("stage1", base, groups, tmp_path / "s1"), Shape([2, 3, 4, 5, 6], [2, 4], 2))
     assert {k.split("@")[0] for k in s1.history[0]["terms"]} == {"CE", "KD_external", "KD_cascade"}
@@ -93,6 +95,7 @@ def test_stage1_stage2_stage3_train_and_load_in_engine(base, groups, tmp_path):
     assert json.loads((tmp_path / "s3" / ADAPTER_INFO).read_text())["ratios"] == [2]
 
 
+@pytest.mark.integration  # whole training runs: not in the quick subset
 def test_resume_continues_without_repeating_data(base, groups, tmp_path):
     """A run that crashes after step 3 resumes from checkpoint-2 and then logs exactly what an
     uninterrupted run logs: same data, same shapes, same losses."""
@@ -134,6 +137,7 @@ def test_external_distillation_without_teacher_scores_fails(base, tmp_path):
     Trainer(_config("stage1", base, plain, tmp_path / "y", "--kd_external", "false"))  # allowed without
 
 
+@pytest.mark.integration  # whole training runs: not in the quick subset
 def test_command_line_with_config_file_and_overrides(base, groups, tmp_path):
     from train.__main__ import main
 

@@ -69,6 +69,7 @@ def test_empty_run(tmp_path: Path) -> None:
     assert read_trec_run(path).empty
 
 
+@pytest.mark.integration
 @pytest.mark.skipif(not SHARED_RUN.is_file(), reason=f"shared DL19 run file not found at {SHARED_RUN}")
 def test_reads_anserini_run() -> None:
     run = read_trec_run(SHARED_RUN)

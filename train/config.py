@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence, Union
 
+from pyterrier_matroyshka.errors import UserError, check_int, check_real
+
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "linear_head"]
 STAGES = ("stage1", "stage2", "stage3")
 
@@ -34,6 +36,7 @@ class StageConfig:
     # data
     train_data: list[str] = field(default_factory=list)
     max_examples_per_file: Optional[int] = None
+    balance_domains: bool = False  #: domains (the groups' ``src``) take turns in every epoch's order
     group_size: int = 16
     batch_size: int = 4  #: queries per micro-batch per process
     grad_accum: int = 4
@@ -44,6 +47,7 @@ class StageConfig:
     epochs: int = 1
     max_steps: Optional[int] = None  #: optimizer steps; default: the epochs' worth
     lr: float = 2e-4
+    lr_schedule: str = "linear"  #: after warm-up: linear, cosine or constant (transformers' schedules)
     warmup_ratio: float = 0.1
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
@@ -76,27 +80,32 @@ class StageConfig:
     resume: bool = True
 
     def check(self) -> "StageConfig":
-        """Errors for settings that cannot work, before any model is loaded."""
+        """Errors for settings that cannot work, before any model is loaded: every value of the right type,
+        every size and count in range."""
         if self.stage not in STAGES:
-            raise ValueError(f"unknown stage {self.stage!r}; use one of {STAGES}")
+            raise UserError(f"unknown stage {self.stage!r}; use one of {STAGES}")
+        _check_types(self)
         if not self.train_data:
-            raise ValueError("no train_data: give --train_data groups.jsonl (files or folders)")
-        if not self.ratios or any(not isinstance(r, int) or r < 1 for r in self.ratios):
-            raise ValueError(f"ratios must be integers >= 1, got {self.ratios}")
+            raise UserError("no train_data: give --train_data groups.jsonl (files or folders)")
+        if not self.ratios or any(r < 1 for r in self.ratios):
+            raise UserError(f"ratios must be integers >= 1, got {self.ratios}")
         if self.stage == "stage2" and self.ratios != [1]:
-            raise ValueError(f"stage2 (vertical compensation) trains without compression: ratios must be [1], "
-                             f"got {self.ratios}")
+            raise UserError(f"stage2 (vertical compensation) trains without compression: ratios must be [1], "
+                            f"got {self.ratios}")
         if self.stage == "stage3" and (len(self.ratios) != 1 or self.ratios[0] == 1):
-            raise ValueError(f"stage3 (horizontal compensation) trains one fixed ratio > 1, got {self.ratios}; "
-                             "run it once per ratio, e.g. --ratios 2")
+            raise UserError(f"stage3 (horizontal compensation) trains one fixed ratio > 1, got {self.ratios}; "
+                            "run it once per ratio, e.g. --ratios 2")
         if self.stage != "stage1" and (self.kd_external or self.kd_cascade):
-            raise ValueError(f"{self.stage} is CE only: set kd_external and kd_cascade false")
+            raise UserError(f"{self.stage} is CE only: set kd_external and kd_cascade false")
         if not 0.0 <= self.keep_prob <= 1.0:
-            raise ValueError(f"keep_prob must lie in [0, 1], got {self.keep_prob}")
+            raise UserError(f"keep_prob must lie in [0, 1], got {self.keep_prob}")
         if self.group_size < 2:
-            raise ValueError(f"group_size must be >= 2 (a positive and negatives), got {self.group_size}")
+            raise UserError(f"group_size must be >= 2 (a positive and negatives), got {self.group_size}")
+        if self.lr_schedule not in ("linear", "cosine", "constant"):
+            raise UserError(f"lr_schedule must be 'linear', 'cosine' or 'constant', got {self.lr_schedule!r}")
         if self.loss_reduction not in ("sum", "mean"):
-            raise ValueError(f"loss_reduction must be 'sum' or 'mean', got {self.loss_reduction!r}")
+            raise UserError(f"loss_reduction must be 'sum' or 'mean', got {self.loss_reduction!r}")
+        _check_ranges(self)
         return self
 
     def to_json(self) -> str:
@@ -105,6 +114,72 @@ class StageConfig:
 
 def _field_types() -> dict[str, Any]:
     return typing.get_type_hints(StageConfig)
+
+
+def _matches(value: Any, tp: Any) -> bool:
+    """Whether ``value`` (as JSON gives it) is of the annotated type ``tp`` (a bool is not a number)."""
+    if typing.get_origin(tp) is Union:
+        return any(_matches(value, arg) for arg in typing.get_args(tp))
+    if typing.get_origin(tp) is list:
+        return isinstance(value, list) and all(_matches(v, typing.get_args(tp)[0]) for v in value)
+    if tp is type(None):
+        return value is None
+    if tp is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, tp)
+
+
+def _describe(tp: Any) -> str:
+    if typing.get_origin(tp) is Union:
+        return " or ".join(_describe(arg) for arg in typing.get_args(tp))
+    if typing.get_origin(tp) is list:
+        return f"a list of {_describe(typing.get_args(tp)[0]).removeprefix('a ')}s (e.g. a,b or a JSON list)"
+    return {int: "a whole number", float: "a number", bool: "true or false", str: "a string",
+            type(None): "null"}.get(tp, getattr(tp, "__name__", str(tp)))
+
+
+def _check_types(config: StageConfig) -> None:
+    """Every setting has its annotated type (``--lr abc`` is refused here, not after the model has loaded)."""
+    for name, tp in _field_types().items():
+        value = getattr(config, name)
+        if not _matches(value, tp):
+            raise UserError(f"--{name} must be {_describe(tp)}, got {value!r}")
+        if tp is float:  # JSON gives 1 for 1.0
+            setattr(config, name, float(value))
+
+
+def _check_ranges(c: StageConfig) -> None:
+    """Every size, count and rate within the range it can work in."""
+    for name in ("batch_size", "grad_accum", "query_max_len", "passage_max_len", "epochs", "layer_sep",
+                 "compress_every", "anchor_spacing", "lora_r", "lora_alpha", "log_steps"):
+        check_int(f"--{name}", getattr(c, name), 1)
+    for name in ("max_steps", "start_layer", "max_examples_per_file", "num_threads"):
+        check_int(f"--{name}", getattr(c, name), 1, optional=True)
+    for name in ("save_steps", "save_total_limit"):
+        check_int(f"--{name}", getattr(c, name), 0)
+    check_real("--lr", c.lr, 0.0, above_minimum=True)
+    check_real("--warmup_ratio", c.warmup_ratio, 0.0, 1.0)
+    check_real("--weight_decay", c.weight_decay, 0.0)
+    check_real("--max_grad_norm", c.max_grad_norm, 0.0, above_minimum=True)
+    check_real("--kd_external_weight", c.kd_external_weight, 0.0)
+    if not 0.0 <= c.lora_dropout < 1.0:
+        raise UserError(f"--lora_dropout must lie in [0, 1), got {c.lora_dropout}")
+    for name in ("compress_layers", "train_exits"):
+        values = getattr(c, name)
+        if values is not None and (not values or any(v < 1 for v in values)):
+            raise UserError(f"--{name} must be a non-empty list of layers >= 1 (or null for the default), got {values}")
+    if not c.lora_targets:
+        raise UserError("--lora_targets is empty: name the modules to adapt, e.g. q_proj,v_proj")
+    if c.bf16 not in (True, False, "auto"):
+        raise UserError(f"--bf16 must be true, false or auto, got {c.bf16!r}")
+    unknown = sorted(set(c.reference_bugs) - {"B1", "B2"})
+    if unknown:
+        raise UserError(f"--reference_bugs names unknown bugs {unknown}; use B1 and/or B2")
+    for name in ("model", "output_dir"):
+        if not getattr(c, name):
+            raise UserError(f"--{name} is empty")
 
 
 def _is_list(tp: Any) -> bool:
@@ -116,7 +191,7 @@ def parse_value(name: str, raw: str) -> Any:
     else the string; ``a,b`` or one bare value become a list for list fields."""
     types = _field_types()
     if name not in types:
-        raise ValueError(f"unknown setting --{name}; known: {', '.join(sorted(types))}")
+        raise UserError(f"unknown setting --{name}; known: {', '.join(sorted(types))}")
     try:
         value = json.loads(raw)
     except json.JSONDecodeError:
@@ -130,14 +205,30 @@ def load_config(stage: str, config_file: Optional[str] = None, overrides: Sequen
     """Stage preset, then the JSON file, then ``--key value`` pairs (later wins); checked."""
     values: dict[str, Any] = dict(STAGE_PRESETS.get(stage, {}))
     if config_file:
-        loaded = json.loads(Path(config_file).read_text())
+        loaded = read_config_file(config_file)
         unknown = sorted(set(loaded) - set(_field_types()) - {"_comment"})
         if unknown:
-            raise ValueError(f"{config_file}: unknown setting(s) {unknown}")
+            raise UserError(f"{config_file}: unknown setting(s) {unknown}")
         values.update({k: v for k, v in loaded.items() if k != "_comment"})
     values.update(parse_overrides(overrides))
     values["stage"] = stage
     return StageConfig(**values).check()
+
+
+def read_config_file(path: str) -> dict[str, Any]:
+    """A JSON object of settings from ``path``; errors name the file (and line) and what is wrong."""
+    file = Path(path)
+    if not file.is_file():
+        raise UserError(f"config file {path} does not exist" if not file.exists() else f"config {path} is not a file")
+    try:
+        loaded = json.loads(file.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as err:
+        raise UserError(f"{path}: byte {err.object[err.start]:#04x} at offset {err.start} is not UTF-8") from None
+    except json.JSONDecodeError as err:
+        raise UserError(f"{path}, line {err.lineno}: malformed JSON ({err.msg} at column {err.colno})") from None
+    if not isinstance(loaded, dict):
+        raise UserError(f"{path} must hold a JSON object of settings, got {type(loaded).__name__}")
+    return loaded
 
 
 def stage_help(stage: str) -> str:
@@ -158,13 +249,13 @@ def parse_overrides(args: Sequence[str]) -> dict[str, Any]:
     while i < len(args):
         arg = args[i]
         if not arg.startswith("--"):
-            raise ValueError(f"expected --key value, got {arg!r}")
+            raise UserError(f"expected --key value, got {arg!r}")
         if "=" in arg:
             key, raw = arg[2:].split("=", 1)
             i += 1
         else:
             if i + 1 >= len(args):
-                raise ValueError(f"{arg} needs a value")
+                raise UserError(f"{arg} needs a value")
             key, raw = arg[2:], args[i + 1]
             i += 2
         key = key.replace("-", "_")

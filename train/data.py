@@ -23,11 +23,13 @@ from typing import Iterable, Iterator, Optional, Sequence, Union
 
 import torch
 
+from pyterrier_matroyshka.errors import UserError, numbered_lines, text_problem
 from pyterrier_matroyshka.prompt import PromptEncoder
 
 log = logging.getLogger(__name__)
 
 PathLike = Union[str, Path]
+FLOAT32_MAX = float(torch.finfo(torch.float32).max)  #: teacher scores are used in float32
 
 
 @dataclass(frozen=True)
@@ -41,7 +43,8 @@ class Group:
     neg_scores: Optional[tuple[float, ...]] = None
     prompt: Optional[str] = None
     qid: Optional[str] = None
-    source: str = ""
+    source: str = ""  #: where it was read (``file:line``)
+    domain: str = ""  #: the collection or training-mix source it came from (the file's ``src``)
 
     @property
     def has_scores(self) -> bool:
@@ -60,7 +63,7 @@ def data_files(paths: Union[PathLike, Sequence[PathLike]]) -> list[Path]:
         else:
             raise FileNotFoundError(f"training data {path} does not exist (give JSONL files or folders of them)")
     if not files:
-        raise FileNotFoundError(f"no .jsonl/.json files under {[str(p) for p in paths]}")
+        raise UserError(f"no .jsonl/.json files under {[str(p) for p in paths]}")
     return files
 
 
@@ -69,20 +72,33 @@ def _strings(record: dict, key: str, where: str, required: bool) -> Optional[tup
     if value is None and not required:
         return None
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise ValueError(f"{where}: '{key}' must be a list of strings, got {str(value)[:80]!r}")
+        raise UserError(f"{where}: '{key}' must be a list of strings, got {str(value)[:80]!r}")
+    for i, text in enumerate(value):
+        _check_text(text, f"{where}: '{key}'[{i}]")
     return tuple(value)
+
+
+def _check_text(text: str, what: str) -> None:
+    problem = text_problem(text)
+    if problem:
+        raise UserError(f"{what} {problem}")
 
 
 def _scores(record: dict, key: str, texts: tuple[str, ...], where: str) -> Optional[tuple[float, ...]]:
     value = record.get(key)
     if value is None:
         return None
-    if not isinstance(value, list) or not all(isinstance(v, (int, float)) for v in value):
-        raise ValueError(f"{where}: '{key}' must be a list of numbers")
+    if not isinstance(value, list) or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
+        raise UserError(f"{where}: '{key}' must be a list of numbers, got {str(value)[:80]}")
+    bad = [i for i, v in enumerate(value) if not (math.isfinite(v) and abs(v) <= FLOAT32_MAX)]
+    if bad:
+        raise UserError(f"{where}: '{key}'[{bad[0]}] is {value[bad[0]]} ({len(bad)} score(s) not finite in float32): "
+                        "teacher scores must be finite numbers; rescore this group (python -m train teacher) or "
+                        "drop it")
     if len(value) != len(texts):
         text_key = key.removesuffix("_scores")
-        raise ValueError(f"{where}: query {record.get('query')!r} has {len(value)} {key} for "
-                         f"{len(texts)} {text_key} passages; teacher scores must align with '{text_key}'")
+        raise UserError(f"{where}: query {record.get('query')!r} has {len(value)} {key} for "
+                        f"{len(texts)} {text_key} passages; teacher scores must align with '{text_key}'")
     return tuple(float(v) for v in value)
 
 
@@ -91,37 +107,42 @@ def parse_group(line: str, where: str) -> Group:
     try:
         record = json.loads(line)
     except json.JSONDecodeError as err:
-        raise ValueError(f"{where}: malformed JSON ({err.msg} at column {err.colno})") from None
+        raise UserError(f"{where}: malformed JSON ({err.msg} at column {err.colno})") from None
     if not isinstance(record, dict):
-        raise ValueError(f"{where}: expected a JSON object, got {type(record).__name__}")
+        raise UserError(f"{where}: expected a JSON object, got {type(record).__name__}")
     if not isinstance(record.get("query"), str):
-        raise ValueError(f"{where}: missing or non-string 'query'")
+        raise UserError(f"{where}: missing or non-string 'query'")
+    _check_text(record["query"], f"{where}: 'query'")
     pos = _strings(record, "pos", where, required=True)
     neg = _strings(record, "neg", where, required=True)
     if not pos:
-        raise ValueError(f"{where}: query {record['query']!r} has no positive passage")
+        raise UserError(f"{where}: query {record['query']!r} has no positive passage")
     pos_scores = _scores(record, "pos_scores", pos, where)
     neg_scores = _scores(record, "neg_scores", neg, where)
     if (pos_scores is None) != (neg_scores is None):
-        raise ValueError(f"{where}: query {record['query']!r} has only one of pos_scores/neg_scores")
+        raise UserError(f"{where}: query {record['query']!r} has only one of pos_scores/neg_scores")
     prompt = record.get("prompt")
+    if prompt is not None:
+        if not isinstance(prompt, str):
+            raise UserError(f"{where}: 'prompt' must be a string, got {prompt!r:.80}")
+        _check_text(prompt, f"{where}: 'prompt'")
     qid = record.get("qid")
-    return Group(record["query"], pos, neg, pos_scores, neg_scores, prompt, None if qid is None else str(qid), where)
+    return Group(record["query"], pos, neg, pos_scores, neg_scores, prompt, None if qid is None else str(qid), where,
+                 str(record.get("src") or ""))
 
 
 def read_groups(paths: Union[PathLike, Sequence[PathLike]], max_per_file: Optional[int] = None) -> list[Group]:
     """Read every group of ``paths`` (files or folders); ``max_per_file`` keeps the first n of each file."""
     groups: list[Group] = []
     for file in data_files(paths):
-        with open(file, encoding="utf-8") as handle:
-            kept = 0
-            for number, line in enumerate(handle, start=1):
-                if not line.strip():
-                    continue
-                if max_per_file is not None and kept >= max_per_file:
-                    break
-                groups.append(parse_group(line, f"{file}:{number}"))
-                kept += 1
+        kept = 0
+        for number, line in numbered_lines(file):
+            if not line.strip():
+                continue
+            if max_per_file is not None and kept >= max_per_file:
+                break
+            groups.append(parse_group(line, f"{file}:{number}"))
+            kept += 1
     log.info("read %d groups from %s", len(groups), [str(p) for p in data_files(paths)])
     return groups
 
@@ -143,8 +164,8 @@ def sample_group(group: Group, group_size: int, rng: random.Random) -> Sample:
     need = group_size - 1
     pool = list(range(len(group.neg)))
     if need and not pool:
-        raise ValueError(f"{group.source}: query {group.query!r} has no negatives; a group of {group_size} needs "
-                         f"{need}")
+        raise UserError(f"{group.source}: query {group.query!r} has no negatives; a group of {group_size} needs "
+                        f"{need}")
     repeated = len(pool) < need
     if repeated:
         pool = pool * math.ceil(need / len(pool))
@@ -164,15 +185,16 @@ class GroupBatches:
     """
 
     def __init__(self, groups: Sequence[Group], group_size: int, batch_size: int, seed: int = 42,
-                 rank: int = 0, world: int = 1):
+                 rank: int = 0, world: int = 1, balance_domains: bool = False):
         if group_size < 1 or batch_size < 1:
-            raise ValueError(f"group_size and batch_size must be >= 1, got {group_size} and {batch_size}")
+            raise UserError(f"group_size and batch_size must be >= 1, got {group_size} and {batch_size}")
         self.groups, self.group_size, self.batch_size = list(groups), group_size, batch_size
         self.seed, self.rank, self.world = seed, rank, world
+        self.balance_domains = balance_domains
         self.repeated = 0  # groups sampled with repeated negatives so far (this rank)
         if self.per_epoch == 0:
-            raise ValueError(f"{len(self.groups)} groups cannot fill one micro-batch of {batch_size} queries on "
-                             f"{world} rank(s)")
+            raise UserError(f"{len(self.groups)} groups cannot fill one micro-batch of {batch_size} queries on "
+                            f"{world} rank(s)")
 
     @property
     def per_epoch(self) -> int:
@@ -182,7 +204,7 @@ class GroupBatches:
     def _order(self, epoch: int) -> list[int]:
         order = list(range(len(self.groups)))
         random.Random(self.seed + epoch).shuffle(order)
-        return order
+        return interleave_domains(order, [g.domain for g in self.groups]) if self.balance_domains else order
 
     def batch(self, micro_step: int) -> list[Sample]:
         """This rank's samples of global micro-batch ``micro_step``."""
@@ -204,6 +226,19 @@ class GroupBatches:
             micro_step += 1
 
 
+def interleave_domains(order: Sequence[int], domains: Sequence[str]) -> list[int]:
+    """``order`` rearranged so that domains take turns (round robin, in order of first appearance), each
+    domain's groups keeping their order: any window of the epoch then holds every domain about equally, while
+    they last."""
+    queues: dict[str, list[int]] = {}
+    for index in order:
+        queues.setdefault(domains[index], []).append(index)
+    mixed: list[int] = []
+    for turn in range(max(map(len, queues.values()), default=0)):
+        mixed += [queue[turn] for queue in queues.values() if turn < len(queue)]
+    return mixed
+
+
 def collate(samples: Sequence[Sample], encoder: PromptEncoder, device: Optional[torch.device] = None
             ) -> dict[str, torch.Tensor]:
     """Model inputs for ``B * G`` sequences (group-major, positive first) and ``teacher_scores`` [B * G]
@@ -218,10 +253,22 @@ def collate(samples: Sequence[Sample], encoder: PromptEncoder, device: Optional[
     return batch
 
 
+def check_negatives(groups: Iterable[Group], group_size: int) -> None:
+    """Every group has a negative when a group holds more than its positive: found when the data is read,
+    not optimizer steps later when the group is first drawn."""
+    if group_size < 2:
+        return
+    empty = [g for g in groups if not g.neg]
+    if empty:
+        raise UserError(f"{empty[0].source}: query {empty[0].query!r} has no negatives ({len(empty)} such group(s)); "
+                        f"a group of {group_size} needs at least one (they are repeated to fill it): add negatives "
+                        "or drop the group")
+
+
 def require_teacher_scores(groups: Iterable[Group]) -> None:
     """Fail loudly (B10) when external distillation is asked for and a group has no teacher scores."""
     for group in groups:
         if not group.has_scores:
-            raise ValueError(f"{group.source}: query {group.query!r} has no pos_scores/neg_scores, but the config "
-                             "asks for external distillation (kd_external); add them with `python -m train teacher` "
-                             "or set kd_external false")
+            raise UserError(f"{group.source}: query {group.query!r} has no pos_scores/neg_scores, but the config "
+                            "asks for external distillation (kd_external); add them with `python -m train teacher` "
+                            "or set kd_external false")

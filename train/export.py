@@ -11,7 +11,11 @@ import shutil
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
+
+from pyterrier_matroyshka.adapters import ADAPTER_INFO
+from pyterrier_matroyshka.errors import UserError, check_int
 
 ADAPTER_FILE = "adapter_model.safetensors"
 
@@ -35,10 +39,14 @@ def truncate_update(lora_a: torch.Tensor, lora_b: torch.Tensor, scale: float, ra
 def export_adapter(source: str | Path, target: str | Path, rank: int, dtype: torch.dtype = torch.float16) -> dict:
     """Write the rank-``rank`` version of the adapter in ``source`` to ``target``; returns a summary
     with the share of the update's energy kept."""
+    check_int("rank", rank, 1)
     source, target = Path(source), Path(target)
-    config = json.loads((source / "adapter_config.json").read_text())
-    source_rank, scale = config["r"], config["lora_alpha"] / config["r"]
-    weights = load_file(str(source / ADAPTER_FILE))
+    try:
+        config = json.loads((source / "adapter_config.json").read_text())
+        source_rank, scale = config["r"], config["lora_alpha"] / config["r"]
+        weights = load_file(str(source / ADAPTER_FILE))
+    except (OSError, ValueError, KeyError, TypeError, SafetensorError) as err:
+        raise UserError(f"cannot read the adapter in {source} ({err}): give a PEFT LoRA adapter folder") from err
     out, kept, total = {}, 0.0, 0.0
     for name in weights:
         if ".lora_A." not in name:
@@ -54,7 +62,7 @@ def export_adapter(source: str | Path, target: str | Path, rank: int, dtype: tor
     (target / "adapter_config.json").write_text(json.dumps(config, indent=2))
     summary = {"source_rank": source_rank, "rank": rank, "energy_kept": kept / total if total else 1.0,
                "bytes": (target / ADAPTER_FILE).stat().st_size}
-    info = source / "matroyshka_adapter.json"
+    info = source / ADAPTER_INFO
     if info.is_file():
         note = json.loads(info.read_text())
         note["export"] = {"rank": rank, "energy_kept": summary["energy_kept"], "dtype": str(dtype)}

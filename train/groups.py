@@ -9,7 +9,7 @@ Deterministic for a seed: each query's draw depends only on ``(seed, qid)``.
 ``other_positives`` adds, to each group's negatives, that many documents judged relevant to *other* queries
 (and not to this one). Without them a document that was a positive in training is only ever seen winning,
 so a small model learns a document prior ("this passage is a good answer") instead of query-passage
-relevance: the first SciFact demo model put twice BM25's share of training positives among its
+relevance: the shipped SciFact model puts twice BM25's share of training positives among its
 non-relevant top-10 documents on test (MODEL_CARD.md).
 """
 from __future__ import annotations
@@ -22,6 +22,10 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 import pandas as pd
+
+from pyterrier_matroyshka.errors import UserError, check_int, numbered_lines
+
+from .mix import SOURCES, source_of
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +46,12 @@ class GroupsSummary:
 
 
 def load_dataset(dataset: str):
-    """The ``ir_datasets`` dataset, seeded from the offline collections when the project knows it."""
+    """The ``ir_datasets`` dataset, seeded from the offline collections when the project knows it (the training
+    mix is built and registered first: :mod:`train.mix`)."""
+    from .mix import MIX_ID, register_training_mix
+
+    if dataset.removeprefix("irds:") == MIX_ID:
+        register_training_mix()
     try:
         from pyterrier_matroyshka.offline.collections import ensure_dataset
     except ImportError:  # pragma: no cover - older checkouts
@@ -152,7 +161,8 @@ def assemble_groups(picks: Sequence[tuple], texts: dict[str, str], summary: Grou
 
 def mine_groups(dataset: str, retriever=None, *, num_negatives: int = 15, window: tuple[int, int] = (10, 100),
                 seed: int = 42, min_relevance: int = 1, max_queries: Optional[int] = None,
-                other_positives: int = 0) -> tuple[list[dict], GroupsSummary]:
+                other_positives: int = 0, sources: Optional[Sequence[str]] = None,
+                per_source: Optional[int] = None) -> tuple[list[dict], GroupsSummary]:
     """Build groups for ``dataset`` (an ``ir_datasets`` id, ``irds:`` allowed).
 
     Args:
@@ -164,8 +174,11 @@ def mine_groups(dataset: str, retriever=None, *, num_negatives: int = 15, window
         other_positives: per group, this many more negatives drawn from the other groups' positives (see
             the module docstring); the hard negatives stay those of ``other_positives=0`` for the same seed.
     """
+    check_int("num_negatives", num_negatives, 0)
+    check_int("max_queries", max_queries, 1, optional=True)
+    check_int("other_positives", other_positives, 0)
     if not 0 <= window[0] < window[1]:
-        raise ValueError(f"window must be [start, stop) ranks with 0 <= start < stop, got {window}")
+        raise UserError(f"window must be [start, stop) ranks with 0 <= start < stop, got {window}")
     ds = load_dataset(dataset)
     topics = topics_frame(ds)
     judged = relevant_docs(ds, min_relevance)
@@ -173,6 +186,8 @@ def mine_groups(dataset: str, retriever=None, *, num_negatives: int = 15, window
     keep = topics["qid"].isin(judged)
     summary.skipped_no_positive = int((~keep).sum())
     topics = topics[keep].reset_index(drop=True)
+    if sources is not None or per_source is not None:
+        topics = select_by_source(topics, sources, per_source, seed, mix=_is_mix(dataset))
     if max_queries is not None:
         topics = topics.head(max_queries)
     if retriever is None:
@@ -193,7 +208,41 @@ def mine_groups(dataset: str, retriever=None, *, num_negatives: int = 15, window
             summary.other_positive_negatives += len(others)
         picks.append((qid, query, sorted(judged[qid]), negs, extra))
     texts = doc_texts(dataset, ds, [d for p in picks for d in p[2] + p[3]])
-    return assemble_groups(picks, texts, summary), summary
+    groups = assemble_groups(picks, texts, summary)
+    for group in groups:
+        group["src"] = source_of(group["qid"]) if _is_mix(dataset) else dataset.removeprefix("irds:")
+    return groups, summary
+
+
+def _is_mix(dataset: str) -> bool:
+    from .mix import MIX_ID
+
+    return dataset.removeprefix("irds:") == MIX_ID
+
+
+def select_by_source(topics: pd.DataFrame, sources: Optional[Sequence[str]], per_source: Optional[int],
+                     seed: int, mix: bool = True) -> pd.DataFrame:
+    """The topics of ``sources`` (default: all), at most ``per_source`` of each drawn with ``seed``, in their
+    original order. Outside the training mix (``mix=False``) the whole topic set is one source."""
+    if per_source is not None and per_source < 1:
+        raise ValueError(f"per_source must be >= 1, got {per_source}")
+    if not mix:
+        if sources is not None:
+            raise ValueError(f"sources={list(sources)} select training-mix queries; this dataset has none")
+        found, sources = pd.Series("all", index=topics.index), ["all"]
+    else:
+        found = topics["qid"].map(source_of)
+    wanted = list(sources) if sources is not None else sorted(set(found) - {""})
+    unknown = [s for s in wanted if s not in SOURCES] if mix else []
+    if unknown:
+        raise ValueError(f"unknown source(s) {unknown}; the training mix has {sorted(SOURCES)}")
+    keep = []
+    for name in wanted:
+        index = list(topics.index[found == name])
+        if per_source is not None and len(index) > per_source:
+            index = random.Random(f"{seed}:{name}").sample(index, per_source)
+        keep += index
+    return topics.loc[sorted(keep)].reset_index(drop=True)
 
 
 def write_groups(groups: Sequence[dict], summary: GroupsSummary, output: Path) -> Path:
@@ -211,7 +260,8 @@ def write_groups(groups: Sequence[dict], summary: GroupsSummary, output: Path) -
 def split_holdout(path: Path, train_out: Path, holdout_out: Path, every: int = 10,
                   by_positives: bool = False) -> tuple[int, int]:
     """Hold out every ``every``-th group of a JSONL file (deterministic, file order) for choices made
-    on training data only; returns (train, holdout) counts.
+    on training data only; returns (train, holdout) counts. The training groups of several sources are written
+    in turns (:func:`interleave_sources`), so any first part of the file is a balanced sample.
 
     ``by_positives`` holds out whole clusters of queries that share a positive passage instead (every
     ``every``-th cluster, in order of first appearance), and drops held-out positives from the training
@@ -219,9 +269,13 @@ def split_holdout(path: Path, train_out: Path, holdout_out: Path, every: int = 1
     which passages won in training looks better on the holdout than on unseen queries (on SciFact, 61 of 80
     held-out queries shared a positive with training).
     """
-    lines = [line for line in Path(path).read_text().splitlines() if line.strip()]
+    check_int("every", every, 2)
+    numbered = [(n, line.rstrip("\r\n")) for n, line in numbered_lines(path) if line.strip()]
+    if not numbered:
+        raise UserError(f"no groups in {path}: nothing to split")
+    lines = [line for _, line in numbered]
+    records = [_record_with_positives(line, f"{path}:{n}") for n, line in numbered]  # file:line errors
     if by_positives:
-        records = [json.loads(line) for line in lines]
         units = positive_clusters([r["pos"] for r in records])
     else:
         units = list(range(len(lines)))
@@ -232,10 +286,31 @@ def split_holdout(path: Path, train_out: Path, holdout_out: Path, every: int = 1
     if by_positives:
         held_out_positives = {p for r, h in zip(records, held) if h for p in r["pos"]}
         train = without_negatives([r for r, h in zip(records, held) if not h], train, held_out_positives)
+    train = interleave_sources(train)
     for out, part in ((train_out, train), (holdout_out, holdout)):
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         Path(out).write_text("".join(line + "\n" for line in part))
     return len(train), len(holdout)
+
+
+def _record_with_positives(line: str, where: str) -> dict:
+    """One JSON group with a list of positives; errors name ``where`` (``file:line``)."""
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError as err:
+        raise UserError(f"{where}: malformed JSON ({err.msg} at column {err.colno})") from None
+    if not isinstance(record, dict) or not isinstance(record.get("pos"), list):
+        raise UserError(f"{where}: expected a group (a JSON object with a 'pos' list)")
+    return record
+
+
+def interleave_sources(lines: Sequence[str]) -> list[str]:
+    """Groups of several sources (their ``src``) in turns, each source's in file order, so that any first n
+    groups hold the sources about equally (a file of one source is unchanged)."""
+    from .data import interleave_domains
+
+    sources = [json.loads(line).get("src", "") for line in lines]
+    return [lines[i] for i in interleave_domains(range(len(lines)), sources)]
 
 
 def without_negatives(records: Sequence[dict], lines: Sequence[str], passages: set[str]) -> list[str]:

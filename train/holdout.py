@@ -9,7 +9,9 @@ from __future__ import annotations
 import math
 from typing import Sequence
 
+from pyterrier_matroyshka.errors import UserError
 from pyterrier_matroyshka.scorer import MatroyshkaScorer
+from pyterrier_matroyshka.shape import Shape
 
 from .data import Group, read_groups
 
@@ -26,6 +28,8 @@ def ranking_metrics(pos_scores: Sequence[float], neg_scores: Sequence[float], de
 
 def evaluate_groups(scorer: MatroyshkaScorer, groups: Sequence[Group], shape: str) -> dict:
     """Mean RR@10 and nDCG@10 over ``groups`` for one shape, from one batched scoring call."""
+    if not groups:
+        raise UserError("no groups to evaluate")
     pairs = [(g.query, p) for g in groups for p in g.pos + g.neg]
     scores = scorer.compute_score(pairs, shape=shape)
     per_group, start = [], 0
@@ -33,14 +37,29 @@ def evaluate_groups(scorer: MatroyshkaScorer, groups: Sequence[Group], shape: st
         n_pos, n = len(g.pos), len(g.pos) + len(g.neg)
         per_group.append(ranking_metrics(scores[start:start + n_pos], scores[start + n_pos:start + n]))
         start += n
-    return {k: sum(m[k] for m in per_group) / len(per_group) for k in per_group[0]} | {"groups": len(groups)}
+    report = _mean(per_group)
+    domains = sorted({g.domain for g in groups} - {""})
+    if len(domains) > 1:  # the training mix: each source on its own as well
+        report["by_domain"] = {d: _mean([m for m, g in zip(per_group, groups) if g.domain == d]) for d in domains}
+    return report
+
+
+def _mean(per_group: Sequence[dict]) -> dict:
+    return {k: sum(m[k] for m in per_group) / len(per_group) for k in per_group[0]} | {"groups": len(per_group)}
 
 
 def holdout_report(data: Sequence[str], model: str, adapters: Sequence[str], shapes: Sequence[str],
                    max_length: int = 192, batch_size: int = 64, dtype: str = "auto") -> dict[str, dict]:
-    """``{shape: metrics}`` for a base plus merged ``adapters`` on the groups in ``data``."""
+    """``{shape: metrics}`` for a base plus merged ``adapters`` on the groups in ``data`` (checked, with the
+    shapes, before the model loads)."""
+    for shape in shapes:
+        Shape.parse(shape)
     groups = read_groups(list(data))
+    if not groups:
+        raise UserError(f"no groups in {', '.join(map(str, data))}: the holdout files are empty")
     scorer = MatroyshkaScorer(model, adapters=list(adapters) or None, max_length=max_length,
                               batch_size=batch_size, dtype=dtype)
+    for shape in shapes:  # every shape against the model's exits before any scoring
+        Shape.parse(shape).validate(scorer.exits)
     return {shape: evaluate_groups(scorer, groups, shape) for shape in shapes}
 

@@ -12,12 +12,12 @@
 #
 # Two single-threaded chains run side by side (one thread per process is fastest on a shared 2-core
 # machine). Every finished stage leaves matroyshka_adapter.json and is skipped on a rerun; an interrupted
-# stage resumes from its last checkpoint. Settings: RUNS, DATA, OTHER_POSITIVES, BY_POSITIVES, TITLE_QUERIES,
+# stage resumes from its last checkpoint. Settings: RUNS, DATA, OTHER_POSITIVES, BY_POSITIVES,
 # KD_WEIGHT, KD_WEIGHT3, LR, LR2, LR3, STAGE1_EPOCHS, LAST_EPOCH_STEPS, STAGE1_THREADS, NAIVE, COMP_STEPS, COMP_LR,
 # WIDTH_STEPS, WIDTH_LR, EXTRA (more --key value settings for every stage, e.g. "--max_steps 1" for a dry run),
 # POLL_SECONDS (how often the second chain looks for stage 1's export), and OUT, where the last step
-# (train/ship.sh) writes: by default the repository's demo model, which it replaces, so give an experiment its
-# own (OUT=$RUNS/ship).
+# (train/ship.sh) writes: by default the repository's default model (models/matroyshka-smollm2-scifact), which
+# it replaces, so give an experiment its own (OUT=$RUNS/ship).
 # On a 2-core CPU each stage-1 epoch takes 40-50 minutes; train/recipe_100min.sh sets these for the 100-minute
 # version, train/recipe_gpu.sh is the GPU version.
 set -euo pipefail
@@ -26,13 +26,9 @@ PY=${PY:-.venv/bin/python}
 RUNS=${RUNS:-runs/smollm2}
 DATA=${DATA:-runs/scifact}
 OTHER_POSITIVES=${OTHER_POSITIVES:-0}  # negatives from other queries' positives, against a learned document
-                                      # prior (0 shipped; 4 in the clean run: bench/results/clean_run.md).
-                                      # Give it its own DATA
+                                      # prior (0 shipped; 4 in the clean run, not shipped). Give it its own DATA
 BY_POSITIVES=${BY_POSITIVES:-0}        # 1: hold out whole clusters of queries sharing a positive, never seen in
                                       # training, not even as a negative (0 shipped)
-TITLE_QUERIES=${TITLE_QUERIES:-0}      # N > 0: N more training groups from SciFact's own titles, no labels used
-                                      # (train/title_groups.py; 0 shipped, tried on the shipped stage 1 only:
-                                      # bench/results/title_groups_holdout.md)
 KD_WEIGHT=${KD_WEIGHT:-1.0}     # weight of the external (MiniLM) distillation terms
 LR=${LR:-1e-3}                  # stage 1 and the naive baseline; the reference's 2e-4 (tuned for thousands of
                                 # 7B steps) left CE at chance after 30 of our 91 steps
@@ -55,7 +51,6 @@ WIDTH_STEPS=${WIDTH_STEPS:-100} # the same for each horizontal adapter: at 25 st
 WIDTH_LR=${WIDTH_LR:-1e-3}      # nothing measurable; 100 steps at stage 1's lr gained +0.03 nDCG@10 at
                                 # L30:r4@4 on the holdout (model card)
 TRAIN="$DATA/train.jsonl"
-[ "$TITLE_QUERIES" = 0 ] || TRAIN="$TRAIN,$DATA/titles$TITLE_QUERIES.teacher.jsonl"
 COMMON=(--train_data "$TRAIN" --lora_dropout 0)
 read -r -a EXTRA_ARGS <<< "${EXTRA:-}"
 ON_STAGE1=(--merge_adapters "$RUNS/stage1_rank8" --lora_r 4 --lora_alpha 8)  # every compensation adapter
@@ -73,12 +68,6 @@ source train/stage.sh
 [ -s "$DATA/holdout.jsonl" ] || "$PY" -m train split --input "$DATA/groups.teacher.jsonl" \
     --train "$DATA/train.jsonl" --holdout "$DATA/holdout.jsonl" --every 10 \
     $([ "$BY_POSITIVES" = 1 ] && echo --by_positives)
-if [ "$TITLE_QUERIES" != 0 ] && [ ! -s "$DATA/titles$TITLE_QUERIES.teacher.jsonl" ]; then
-  "$PY" -m train groups --dataset beir/scifact/train --title_queries "$TITLE_QUERIES" \
-      --output "$DATA/titles$TITLE_QUERIES.jsonl"
-  "$PY" -m train teacher --input "$DATA/titles$TITLE_QUERIES.jsonl" \
-      --output "$DATA/titles$TITLE_QUERIES.teacher.jsonl" --scorer minilm
-fi
 
 chain_matroyshka() {
   local threads=(--num_threads "$STAGE1_THREADS") steps=(${LAST_EPOCH_STEPS:+--max_steps "$LAST_EPOCH_STEPS"})

@@ -7,7 +7,7 @@
 #   no naive-early-exit baseline (NAIVE=0: an ablation, not part of the model; `NAIVE=1` adds ~80 minutes)
 # Group 8 (1 positive + 7 of 15 BM25 hard negatives), query 32 + passage 128 tokens, LoRA rank 32 for stage 1
 # (shipped truncated to 8) and 4 for compensation, as in recipe.sh. Measured times: bench/results/recipe_100min.md.
-# Writes to RUNS=runs/smollm2_100min and ships to OUT=$RUNS/ship (not over the demo model) unless told otherwise;
+# Writes to RUNS=runs/smollm2_100min and ships to OUT=$RUNS/ship (not over the default model) unless told otherwise;
 # every other recipe.sh setting still applies.
 set -euo pipefail
 export STAGE1_EPOCHS=2 LAST_EPOCH_STEPS=${LAST_EPOCH_STEPS:-60} STAGE1_THREADS=${STAGE1_THREADS:-2} NAIVE=${NAIVE:-0}

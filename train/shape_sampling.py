@@ -10,6 +10,7 @@ from typing import Optional, Sequence
 
 import torch
 
+from pyterrier_matroyshka.errors import UserError
 from pyterrier_matroyshka.shape import Shape
 
 
@@ -25,8 +26,8 @@ def candidate_layers(num_layers: int, start_layer: int, layers: Optional[Sequenc
         layers = list(range(start_layer, num_layers, every))
     bad = [c for c in layers if not isinstance(c, int) or not 1 <= c < num_layers]
     if bad:
-        raise ValueError(f"compress_layers {bad} not in this {num_layers}-layer model: a compression layer is a "
-                         f"block index in 1..{num_layers - 1} (compression happens before that block)")
+        raise UserError(f"compress_layers {bad} not in this {num_layers}-layer model: a compression layer is a "
+                        f"block index in 1..{num_layers - 1} (compression happens before that block)")
     return sorted(set(layers))
 
 
@@ -39,7 +40,7 @@ class ShapeSampler:
         self.exits, self.ratios, self.layers = list(exits), list(ratios), list(layers)
         self.keep_prob, self.seed = keep_prob, seed
         if any(r > 1 for r in self.ratios) and not self.layers:
-            raise ValueError(f"ratios {self.ratios} compress, but there are no candidate compression layers")
+            raise UserError(f"ratios {self.ratios} compress, but there are no candidate compression layers")
 
     def draw(self, micro_step: int) -> Shape:
         rng = random.Random(f"shape:{self.seed}:{micro_step}")

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Ship the recipe's adapters into the repository as the demo model: rank-truncated (stage 1 to 8,
-# compensation to 4), fp16, ~13 MB in all (see models/matroyshka-smollm2-scifact/MODEL_CARD.md).
+# Ship the recipe's adapters into the repository as the default model (models/matroyshka-smollm2-scifact):
+# rank-truncated (stage 1 to 8, compensation to 4), fp16, ~13 MB in all (see its MODEL_CARD.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}

@@ -6,8 +6,15 @@
 * **stage2**, vertical compensation: a fresh LoRA on the merged stage-1 weights, ratio 1, CE only.
 * **stage3**, horizontal compensation: the same with one fixed ratio (one adapter per ratio).
 
-The same code runs on CPU, one GPU or several (``torchrun`` / ``accelerate launch``: DDP, each rank takes
-its slice of every global micro-batch and all ranks draw the same shape).
+The same code runs on CPU, one GPU or several (``torchrun``: DDP, each rank takes its slice of every global
+micro-batch and all ranks draw the same shape).
+
+Why a loop of our own rather than ``transformers.Trainer`` or ``accelerate``: every micro-step draws a shape
+(exits, compression layers, ratio) that changes the forward pass itself, and all ranks must draw the same one
+(checked with :func:`~train.shape_sampling.assert_same_on_all_ranks`) or DDP's gradient all-reduce would mix
+different graphs; stage 1 also runs a second, uncompressed no-grad pass as the cascade target. Those are a
+few lines here and awkward hooks there. What a library does well is taken from it: the learning-rate schedule
+(transformers, :mod:`train.lr_schedule`), LoRA (peft), DDP (torch).
 """
 from __future__ import annotations
 
@@ -24,21 +31,22 @@ from typing import Optional
 import torch
 import torch.distributed as dist
 
+from pyterrier_matroyshka.adapters import ADAPTER_INFO, check_adapter_folders
 from pyterrier_matroyshka.checkpoint import load_model
+from pyterrier_matroyshka.errors import UserError, check_local
 from pyterrier_matroyshka.model import MatroyshkaModel
 from pyterrier_matroyshka.prompt import PromptEncoder
-from pyterrier_matroyshka.scorer import fast_dtype
+from pyterrier_matroyshka.scorer import fast_dtype, resolve_device
 from pyterrier_matroyshka.shape import Shape
 
 from .checkpoints import latest_checkpoint, load_checkpoint, save_checkpoint
 from .config import StageConfig
-from .data import GroupBatches, collate, read_groups, require_teacher_scores
+from .data import GroupBatches, check_negatives, collate, read_groups, require_teacher_scores
 from .losses import LossTerms, cascade_anchors, ce_loss, stage1_loss
+from .lr_schedule import lr_scheduler
 from .shape_sampling import ShapeSampler, assert_same_on_all_ranks, candidate_layers
 
 log = logging.getLogger(__name__)
-
-ADAPTER_INFO = "matroyshka_adapter.json"
 
 
 @dataclass
@@ -60,13 +68,13 @@ class Runtime:
 
 
 def setup_runtime(config: StageConfig) -> Runtime:
-    """Join the process group when launched by torchrun/accelerate (``WORLD_SIZE`` > 1); pick device and dtype."""
+    """Join the process group when launched by torchrun (``WORLD_SIZE`` > 1); pick device and dtype."""
     if config.num_threads:
         torch.set_num_threads(config.num_threads)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     local = int(os.environ.get("LOCAL_RANK", "0"))
     if config.device:
-        device = torch.device(config.device)
+        device = resolve_device(config.device)
     else:
         device = torch.device(f"cuda:{local}" if torch.cuda.is_available() else "cpu")
     if world > 1 and not dist.is_initialized():
@@ -95,7 +103,7 @@ def build_model(config: StageConfig, runtime: Runtime):
     try:
         peft_model = get_peft_model(core, lora)
     except ValueError as err:
-        raise ValueError(f"lora_targets {config.lora_targets} do not fit this model: {err}") from err
+        raise UserError(f"lora_targets {config.lora_targets} do not fit this model: {err}") from err
     if config.init_adapter:
         load_initial_adapter(peft_model, config.init_adapter)
     peft_model.train()
@@ -111,20 +119,9 @@ def load_initial_adapter(peft_model, folder: str) -> None:
     weights = load_peft_weights(folder, device="cpu")
     result = set_peft_model_state_dict(peft_model, weights)
     if result.unexpected_keys:
-        raise ValueError(f"init_adapter {folder} does not fit this LoRA (rank or targets differ): "
-                         f"{sorted(result.unexpected_keys)[:3]}...")
+        raise UserError(f"init_adapter {folder} does not fit this LoRA (rank or targets differ): "
+                        f"{sorted(result.unexpected_keys)[:3]}...")
     log.info("LoRA initialised from %s", folder)
-
-
-def _schedule(total: int, warmup_ratio: float):
-    warmup = math.ceil(total * warmup_ratio)
-
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / (warmup + 1)
-        return max(0.0, (total - step) / max(1, total - warmup))
-
-    return factor
 
 
 class Trainer:
@@ -135,8 +132,18 @@ class Trainer:
         self.runtime = runtime or setup_runtime(config)
         torch.manual_seed(config.seed)
         self.groups = read_groups(config.train_data, config.max_examples_per_file)
+        check_negatives(self.groups, config.group_size)
         if config.kd_external:
             require_teacher_scores(self.groups)
+        self.batches = GroupBatches(self.groups, config.group_size, config.batch_size, config.seed,
+                                    self.runtime.rank, self.runtime.world, config.balance_domains)
+        self.total_steps = config.max_steps or (self.batches.per_epoch * config.epochs) // config.grad_accum
+        if self.total_steps < 1:
+            raise UserError(f"{len(self.groups)} groups give {self.batches.per_epoch} micro-batches per epoch, fewer "
+                            f"than grad_accum {config.grad_accum}: no optimizer step")
+        check_local(config.model)  # the folders named, before the model loads
+        check_adapter_folders(config.merge_adapters + ([config.init_adapter] if config.init_adapter else []),
+                              unique_names=False)
         self.peft_model, self.core, self.tokenizer = build_model(config, self.runtime)
         core: MatroyshkaModel = self.core
         self.exits = self._train_exits(core.exit_depths)
@@ -145,27 +152,31 @@ class Trainer:
         self.anchor_shape = self._anchor_shape()
         self.encoder = PromptEncoder.for_training(self.tokenizer, config.prompt, config.query_max_len,
                                                   config.passage_max_len)
-        self.batches = GroupBatches(self.groups, config.group_size, config.batch_size, config.seed,
-                                    self.runtime.rank, self.runtime.world)
-        self.total_steps = config.max_steps or (self.batches.per_epoch * config.epochs) // config.grad_accum
-        if self.total_steps < 1:
-            raise ValueError(f"{len(self.groups)} groups give {self.batches.per_epoch} micro-batches per epoch, fewer "
-                             f"than grad_accum {config.grad_accum}: no optimizer step")
+        self._check_passage_room()
         self.model = self._wrap_ddp()
         params = [p for p in self.peft_model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer,
-                                                           _schedule(self.total_steps, config.warmup_ratio))
+        self.scheduler = lr_scheduler(self.optimizer, config.lr_schedule, self.total_steps, config.warmup_ratio)
         self.output = Path(config.output_dir)
         self.step = 0
         self.bugs = frozenset(config.reference_bugs)
         self.history: list[dict] = []
 
+    def _check_passage_room(self) -> None:
+        """The token budgets leave the passage at least one token next to the prompt, BOS, a one-token query
+        and the separator: else every passage would be cut away without a word."""
+        encoder, c = self.encoder, self.config
+        room = encoder.joint_max_tokens - len(encoder.bos) - 1 - len(encoder.sep)
+        if room < 1:
+            raise UserError(f"--query_max_len {c.query_max_len} + --passage_max_len {c.passage_max_len} tokens leave "
+                            f"no room for a passage beside the {len(encoder.prompt_ids())}-token prompt; raise "
+                            "--passage_max_len")
+
     def _train_exits(self, available: list[int]) -> list[int]:
         wanted = self.config.train_exits or available
         missing = [e for e in wanted if e not in available]
         if missing:
-            raise ValueError(f"train_exits {missing} are not exits of this model ({available[0]}..{available[-1]})")
+            raise UserError(f"train_exits {missing} are not exits of this model ({available[0]}..{available[-1]})")
         return sorted(wanted)
 
     def _anchor_shape(self) -> Optional[Shape]:
@@ -225,8 +236,8 @@ class Trainer:
                         world=self.runtime.world, seed=self.config.seed, group_size=self.config.group_size)
         changed = {k: (state.get(k), v) for k, v in expected.items() if state.get(k) != v}
         if changed:
-            raise ValueError(f"cannot resume {path}: settings changed since it was saved {changed} (saved, now); "
-                             "the data order would differ. Use the same settings or --resume false")
+            raise UserError(f"cannot resume {path}: settings changed since it was saved {changed} (saved, now); "
+                            "the data order would differ. Use the same settings or --resume false")
         self.step = state["step"]
         log.info("resumed from %s at step %d/%d", path, self.step, self.total_steps)
 
@@ -241,6 +252,7 @@ class Trainer:
         c, started = self.config, time.perf_counter()
         sums: dict[str, float] = {}
         shapes = []
+        first_bad = None  # (micro-batch, shape, loss): raised once every rank is past the gradient sync
         for accum in range(c.grad_accum):
             micro = self.step * c.grad_accum + accum
             batch = collate(self.batches.batch(micro), self.encoder, self.runtime.device)
@@ -252,23 +264,44 @@ class Trainer:
                 terms = self.loss(batch, shape)
                 (terms.total / c.grad_accum).backward()
             shapes.append(str(shape))
-            sums["loss"] = sums.get("loss", 0.0) + terms.total.item() / c.grad_accum
+            loss = terms.total.item()
+            if not math.isfinite(loss) and first_bad is None:
+                first_bad = (accum, shape, loss, {k: float(v) for k, v in terms.terms.items()})
+            sums["loss"] = sums.get("loss", 0.0) + loss / c.grad_accum
             for (kind, depth), value in terms.terms.items():
                 key = f"{kind}@{depth}"
                 sums[key] = sums.get(key, 0.0) + float(value) / c.grad_accum
         params = [p for p in self.peft_model.parameters() if p.requires_grad]
         grad_norm = torch.nn.utils.clip_grad_norm_(params, c.max_grad_norm)
+        grad_norm = float(grad_norm)
+        self._stop_if_not_finite(first_bad, grad_norm)
         lr = self.optimizer.param_groups[0]["lr"]
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
         record = dict(step=self.step, loss=sums.pop("loss"), lr=lr,
-                      grad_norm=float(grad_norm), shapes=shapes, repeated_negatives=self.batches.repeated,
+                      grad_norm=grad_norm, shapes=shapes, repeated_negatives=self.batches.repeated,
                       seconds=round(time.perf_counter() - started, 3), terms=sums)
         if self.runtime.device.type == "cuda":
             record["gpu_peak_gb"] = round(torch.cuda.max_memory_allocated(self.runtime.device) / 2**30, 2)
         return record
+
+    def _stop_if_not_finite(self, first_bad, grad_norm: float) -> None:
+        """Stop before the optimizer step that a non-finite loss or gradient would spoil (every weight NaN),
+        naming the step; the last checkpoint stays as it was."""
+        step = self.step + 1
+        if first_bad is not None:
+            accum, shape, loss, terms = first_bad
+            bad_terms = sorted(f"{kind}@{depth}" for (kind, depth), v in terms.items() if not math.isfinite(v))
+            raise UserError(f"training stopped at step {step}/{self.total_steps}: the loss is {loss} (micro-batch "
+                            f"{accum + 1} of {self.config.grad_accum}, shape {shape}, non-finite terms "
+                            f"{bad_terms[:6]}); nothing of this step was applied. Check the data (teacher scores) "
+                            f"or lower --lr (now {self.config.lr:g})")
+        if not math.isfinite(grad_norm):
+            raise UserError(f"training stopped at step {step}/{self.total_steps}: the gradient norm is {grad_norm}; "
+                            f"nothing of this step was applied. Lower --lr (now {self.config.lr:g}) or train in "
+                            "fp32 (--bf16 false)")
 
     def run(self) -> Path:
         """Train to ``total_steps`` (resuming if a checkpoint exists) and save the adapter."""
@@ -282,6 +315,10 @@ class Trainer:
                  "autocast %s; shapes from ratios %s over layers %s", c.stage, len(self.groups), self.total_steps,
                  c.grad_accum, c.batch_size, c.group_size, self.runtime.world, self.runtime.autocast,
                  c.ratios, self.sampler.layers)
+        left_out = len(self.groups) - self.batches.per_epoch * c.batch_size * self.runtime.world
+        if left_out:
+            log.info("%d of %d groups are left out of each epoch (an incomplete last micro-batch; another set each "
+                     "epoch)", left_out, len(self.groups))
         while self.step < self.total_steps:
             record = self.train_step()
             self._log(record)

@@ -24,6 +24,7 @@ from collections.abc import Sequence
 import pandas as pd
 import pyterrier as pt
 
+from ..errors import UserError, check_int
 from .collections import DL19_ID, ensure_dataset, pt_dataset
 from .paths import cache_dir
 
@@ -73,6 +74,17 @@ def _quiet(quiet: bool = True):
             os.close(copy)
 
 
+def _pisa_index_class():
+    """``pyterrier_pisa.PisaIndex``, imported on first use: the re-ranker itself does not need PISA."""
+    try:
+        from pyterrier_pisa import PisaIndex
+    except ImportError as err:
+        raise ImportError("BM25 here runs on PISA, which is not installed: pip install "
+                          "'pyterrier-matroyshka[bm25]' (or give the re-ranker candidates from another first "
+                          "stage)") from err
+    return PisaIndex
+
+
 def pisa_index(dataset: str, text_fields: Sequence[str] | None = None, stemmer: str = "porter2",
                verbose: bool = False):
     """The PISA index of ``dataset``'s corpus, built once into ``cache_dir('pisa', ...)`` and reused.
@@ -88,8 +100,7 @@ def pisa_index(dataset: str, text_fields: Sequence[str] | None = None, stemmer: 
         last by pyterrier-pisa) exists; it is built in a temporary folder and moved into place, so an
         interrupted build is never mistaken for a complete one.
     """
-    from pyterrier_pisa import PisaIndex
-
+    PisaIndex = _pisa_index_class()
     parent, default_fields = _corpus(dataset)
     fields = tuple(text_fields or default_fields)
     name = f"{re.sub(r'[^A-Za-z0-9.-]+', '_', parent)}.{'+'.join(fields)}.{stemmer}"
@@ -116,11 +127,32 @@ def text_loader(dataset: str, text_fields: Sequence[str] | None = None, text_fie
     fields = list(text_fields or _corpus(dataset)[1])
     loader = pt.text.get_text(pt_dataset(dataset), fields)
 
-    def join(df: pd.DataFrame) -> pd.DataFrame:
-        text = df[fields].fillna("").astype(str).agg(" ".join, axis=1).str.strip()
+    def add_text(df: pd.DataFrame) -> pd.DataFrame:
+        try:
+            df = loader(df)
+        except KeyError:
+            _refuse_missing_docnos(dataset, df)
+            raise
+        # column by column: DataFrame.agg(" ".join, axis=1) returns a frame, not a Series, for an empty frame
+        parts = df[fields].fillna("").astype(str)
+        text = parts[fields[0]]
+        for field in fields[1:]:
+            text = text + " " + parts[field]
+        text = text.str.strip()
         return df.drop(columns=fields).assign(**{text_field: text})
 
-    return loader >> pt.apply.generic(join)
+    return pt.apply.generic(add_text)
+
+
+def _refuse_missing_docnos(dataset: str, df: pd.DataFrame) -> None:
+    """A clear error naming the docnos of ``df`` that ``dataset``'s corpus lacks (and their queries), if any."""
+    docnos = list(dict.fromkeys(df["docno"].astype(str)))
+    found = ensure_dataset(dataset).docs_store().get_many(docnos)
+    missing = [d for d in docnos if d not in found]
+    if missing:
+        qids = list(dict.fromkeys(df.loc[df["docno"].astype(str).isin(missing), "qid"].astype(str)))
+        raise UserError(f"{len(missing)} docno(s) are not in the corpus of {dataset}: {missing[:5]} (qids {qids[:5]}); "
+                        "give a run of this dataset's documents, or drop those rows")
 
 
 def bm25(dataset: str, num_results: int = 100, k1: float = 0.9, b: float = 0.4, text_field: str = "text",
@@ -132,6 +164,7 @@ def bm25(dataset: str, num_results: int = 100, k1: float = 0.9, b: float = 0.4, 
     ``k1=0.9, b=0.4`` are Anserini's defaults. ``with_text=False`` leaves the text out (scores only: cheaper
     when every matching document is retrieved).
     """
+    check_int("num_results", num_results, 1)
     index = pisa_index(dataset, text_fields, verbose=verbose)
     with _quiet(not verbose):  # the retriever builds its BM25 block-max data on first use
         retriever = index.bm25(k1=k1, b=b, num_results=num_results)

@@ -20,6 +20,7 @@ import sys
 import warnings
 from pathlib import Path
 
+from ..errors import UserError
 from .paths import cache_dir, shared_data_dir
 
 __all__ = ["DL19_ID", "COLLECTIONS", "seed_local_collections", "ensure_dataset", "pt_dataset"]
@@ -141,7 +142,7 @@ def seed_local_collections(source: str | Path | None = None, ir_datasets_home: s
     keys = list(COLLECTIONS) if collections is None else list(collections)
     unknown = [k for k in keys if k not in COLLECTIONS]
     if unknown:
-        raise ValueError(f"unknown collection(s) {unknown}; known: {list(COLLECTIONS)}")
+        raise UserError(f"unknown collection(s) {unknown}; known: {list(COLLECTIONS)}")
 
     for key in keys:
         for rel_src, rel_dst in COLLECTIONS[key].items():
@@ -182,7 +183,11 @@ def ensure_dataset(name: str):
             warnings.warn(f"{e} Falling back to ir_datasets' download of {name!r}.")
     import ir_datasets  # after seeding, so that a first import already sees IR_DATASETS_HOME
 
-    return ir_datasets.load(name)
+    try:
+        return ir_datasets.load(name)
+    except KeyError:
+        raise UserError(f"unknown dataset {name!r}: not an ir_datasets id (offline here: cranfield, vaswani, "
+                        f"beir/scifact/train, beir/scifact/test, {DL19_ID})") from None
 
 
 def pt_dataset(name: str):

