@@ -130,7 +130,7 @@ def test_a_run_file_is_streamed_with_topics_and_text(tmp_path):
     assert [qid for qid, _ in loaded] == ["q0", "q1"]
     assert list(loaded[1][1]["docno"]) == ["d1-4", "d1-3"] and list(loaded[1][1]["query"]) == ["query 1"] * 2
     unknown = TrecRunCandidates(run, {"q0": "x"}, lambda df: df)
-    with pytest.raises(UserError, match=r"1 qid\(s\) are not among the topics given: \['q1'\]"):
+    with pytest.raises(UserError, match=r"2 qid\(s\) are not among the topics given: \['q1', 'q2'\]"):
         list(unknown)
 
 
@@ -257,3 +257,13 @@ def test_the_benchmark_table_reports_scaling_against_one_process_one_thread(load
     rows = [line.split("|")[1:-1] for line in table.splitlines() if line.startswith("| ") and "x" in line[:6]]
     assert [row[3].strip() for row in rows] == ["1.00", "0.85", "0.75"]  # 17 / (2 x 10), 15 / (2 x 10)
     assert [row[-1].strip() for row in rows] == ["yes", "yes", "NO"]
+
+
+def test_an_ungrouped_run_is_refused_naming_the_line_and_the_fix(tmp_path):
+    from pyterrier_matroyshka.trec import iter_trec_run
+
+    run = tmp_path / "ungrouped.run"
+    run.write_text("1 Q0 a 1 2.0 x\n1 Q0 b 2 1.0 x\n2 Q0 c 1 3.0 x\n1 Q0 d 3 0.5 x\n")
+    with pytest.raises(UserError, match=r"ungrouped.run, line 4: query '1' comes back after other queries.*"
+                                        r"write_trec_run\(read_trec_run\(path\), grouped_path\)"):
+        list(iter_trec_run(run))
