@@ -2,14 +2,14 @@
 
 The Wikipedia pool of the shared training mix (410,665 paragraphs, indexed once with PISA into the cache) is the
 collection; machine-written questions of ``wiki_autoq_synth`` (a seeded sample) are the queries; each gets its
-BM25 top-k, re-ranked by the demo model at a cheap shape with :func:`pyterrier_matroyshka.sharded.rerank_sharded`,
+BM25 top-k, re-ranked by the default pretrained variant at a cheap shape with :func:`pyterrier_matroyshka.sharded.rerank_sharded`,
 launched by ``torchrun`` with 1 and 2 processes (and 1 process on all threads, the alternative to sharding on
 one machine). Every configuration must write the same bytes.
 
     python bench/bench_sharded.py [--queries 120] [--top-k 100] [--shape L4] [--max-length 128]
         [--work /tmp/bench_sharded] [--results bench/results/sharded]
 
-``report`` writes the tables again from the json (the "Reading the table" notes in the .md are written by hand).
+``report`` writes the .md again from the json, without the hand-written "Reading the table" notes.
 Each configuration runs in fresh processes, so each peak RSS belongs to one rank alone. The candidate texts are
 written once to a small lookup file (only the documents of the run), so a rank holds the model, its queries'
 candidates and that lookup, not the 230 MB pool.
@@ -118,7 +118,7 @@ def score(args) -> None:
     import torch
 
     from pyterrier_matroyshka.candidate_stream import TrecRunCandidates
-    from pyterrier_matroyshka.demo import demo_reranker
+    from pyterrier_matroyshka.reranker import MatroyshkaReRanker
     from pyterrier_matroyshka.sharded import join_ranks, rerank_sharded
 
     torch.set_num_threads(args.threads)
@@ -135,8 +135,8 @@ def score(args) -> None:
     settings = {"shape": args.shape, "max_length": args.max_length, "batch_size": args.batch_size, "dtype": "fp32"}
 
     def reranker(device):
-        return demo_reranker(args.shape, dtype="fp32", device=device, max_length=args.max_length,
-                             batch_size=args.batch_size)
+        return MatroyshkaReRanker.from_pretrained(shape=args.shape, dtype="fp32", device=device,
+                                                  max_length=args.max_length, batch_size=args.batch_size)
 
     summary = rerank_sharded(candidates, reranker, args.output, run_name=f"matroyshka-{args.shape}",
                              arguments=settings, ranks=ranks, progress=ranks.main)
@@ -214,7 +214,7 @@ def report(args, prepared: dict, results: list[dict], load: str) -> str:
         f"`python bench/bench_sharded.py --queries {args.queries} --top-k {args.top_k} --shape {args.shape} "
         f"--max-length {args.max_length} --batch-size {args.batch_size}`",
         "",
-        f"Demo model (SmolLM2-135M + adapters) at {args.shape}, max_length {args.max_length}, fp32, batch "
+        f"Default pretrained variant (SmolLM2-135M + adapters, trained on SciFact) at {args.shape}, max_length {args.max_length}, fp32, batch "
         f"{args.batch_size}; {prepared['pairs']} pairs; BM25 (PISA) over the 410,665-paragraph pool. CPU: {cpu}, "
         f"{os.cpu_count()} cores, shared with other jobs (load average before / after: {load}): absolute "
         f"figures move with the load, compare within one table.",

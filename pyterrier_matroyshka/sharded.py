@@ -129,7 +129,8 @@ def join_ranks(device: Union[str, torch.device, None] = None, timeout: timedelta
 
 @dataclass
 class RankStats:
-    """What one rank did in this run (queries finished before it started are counted in ``skipped``)."""
+    """What one rank did in this run (queries finished before it started are counted in ``skipped``);
+    ``seconds``: reading candidates, re-ranking and writing, without loading the model."""
 
     rank: int
     device: str
@@ -267,8 +268,10 @@ def _score_my_queries(candidates, order: Sequence[str], done, reranker: Reranker
         if qid in done:
             stats.skipped += 1
             continue
-        if model is None:
+        if model is None:  # built on first need, its loading time kept out of the throughput
+            loading = time.perf_counter()
             model = reranker(ranks.device)
+            start += time.perf_counter() - loading
         began = time.perf_counter()
         frame = load()
         result = model(frame) if len(frame) else frame.assign(score=pd.Series(dtype=float))
