@@ -281,7 +281,8 @@ def cmd_rerank(args) -> None:
     args.device = str(ranks.device)
     with ranks.main_first():  # rank 0 fills the caches (docstores, converted base model) the others then read
         candidates = _candidate_stream(args)
-        if not query_order(candidates, ranks.rank, ranks.world, load=True):  # the data, before the model loads
+        order = query_order(candidates, ranks.rank, ranks.world, load=True)  # the data, before the model loads
+        if not order:
             raise UserError(f"run file {args.run} holds no lines: nothing to re-rank" if args.run
                             else "no candidates to re-rank: the first stage gave no rows")
         given, kept = getattr(candidates, "rows_given", 0), getattr(candidates, "rows_kept", 0)
@@ -294,7 +295,8 @@ def cmd_rerank(args) -> None:
         from .fusion import FirstStageFusion
 
         reranker, name = FirstStageFusion(reranker, weight), f"{name}-fused{weight:g}"
-    summary = rerank_sharded(candidates, reranker, args.output, run_name=name, arguments=recorded, ranks=ranks)
+    summary = rerank_sharded(candidates, reranker, args.output, run_name=name, arguments=recorded, ranks=ranks,
+                             order=order)
     ranks.leave()
     if ranks.main:
         print(f"wrote {summary.lines} rows for {summary.queries} queries to {summary.output}")

@@ -182,7 +182,7 @@ class ShardedSummary:
 def rerank_sharded(candidates: QueryCandidates, reranker: RerankerLike, output: Union[str, Path], *,
                    run_name: str = "matroyshka", arguments: Optional[dict] = None,
                    work_dir: Union[str, Path, None] = None, ranks: Optional[Ranks] = None, progress: bool = True,
-                   keep_parts: bool = False) -> ShardedSummary:
+                   keep_parts: bool = False, order: Optional[Sequence[str]] = None) -> ShardedSummary:
     """Re-rank ``candidates`` query by query over every rank of the job and write one TREC run to ``output``.
 
     Call it on every rank (under ``torchrun``) or in a single process: the output is the same, byte for byte.
@@ -201,6 +201,8 @@ def rerank_sharded(candidates: QueryCandidates, reranker: RerankerLike, output: 
         ranks: from :func:`join_ranks` (default: joined here, and left at the end).
         progress: rank 0 shows a bar for the job and one for each rank (up to 8), and prints the throughput table.
         keep_parts: keep the work folder after the merge.
+        order: the candidates' qids in order, when the caller has listed them already
+            (:func:`~pyterrier_matroyshka.candidate_stream.query_order`): saves a pass over the input.
 
     Returns:
         a :class:`ShardedSummary` (every rank gets it; the output exists when it returns).
@@ -208,17 +210,18 @@ def rerank_sharded(candidates: QueryCandidates, reranker: RerankerLike, output: 
     joined_here = ranks is None
     ranks = ranks or join_ranks()
     try:
-        return _run(candidates, reranker, Path(output), run_name, arguments or {}, work_dir, ranks, progress,
+        order = list(order) if order is not None else query_order(candidates)
+        return _run(candidates, order, reranker, Path(output), run_name, arguments or {}, work_dir, ranks, progress,
                     keep_parts)
     finally:
         if joined_here:
             ranks.leave()
 
 
-def _run(candidates, reranker, output: Path, run_name, arguments, work_dir, ranks: Ranks, progress, keep_parts):
+def _run(candidates, order: list[str], reranker, output: Path, run_name, arguments, work_dir, ranks: Ranks, progress,
+         keep_parts):
     format_trec_run(pd.DataFrame({"qid": ["q"], "docno": ["d"], "score": [0.0]}), run_name)  # check it up front
     store = ShardStore(work_dir if work_dir is not None else output.with_name(output.name + ".parts"))
-    order = query_order(candidates)
     job = {"format": _FORMAT, "run_name": run_name, "arguments": arguments, "queries": len(order),
            "queries_sha256": hashlib.sha256("\n".join(order).encode()).hexdigest()}
     job = json.loads(json.dumps(job, default=str))  # as job.json will hold it (tuples as lists, paths as text)
