@@ -57,7 +57,7 @@ def test_fused_rows_reuse_their_shapes_pass(scorer, candidates, qrels, monkeypat
     assert by_name.loc["L4", "GFLOP/pair"] < by_name.loc["L8", "GFLOP/pair"] == by_name.loc["L8 + BM25 (0.5)", "GFLOP/pair"]
     assert pd.isna(by_name.loc["BM25", "GFLOP/pair"])
     header = format_table(table).splitlines()[0].split()
-    assert header == ["name", "nDCG@10", "p(nDCG@10)", "RR@10", "p(RR@10)", "GFLOP/pair", "mrt"]
+    assert header == ["name", "nDCG@10", "p(nDCG@10)", "RR@10", "p(RR@10)", "GFLOP/pair", "GFLOP/query", "mrt"]
 
 
 def test_experiment_options_pass_through(scorer, candidates, qrels) -> None:
