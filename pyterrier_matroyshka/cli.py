@@ -2,7 +2,9 @@
 
     seed        make the offline collections (../shared/data layout) usable through ir_datasets
     rerank      re-rank a TREC run (or BM25 candidates) for a dataset, or BM25 on a Lucene index (Pyserini)
-                for a topics file or Pyserini topic name, and write a TREC run
+                for a topics file or Pyserini topic name, and write a TREC run; resumable, and sharded over
+                processes/GPUs under torchrun: torchrun --nproc_per_node N -m pyterrier_matroyshka rerank
+                --run-file RUN ...
     evaluate    nDCG@10 / RR@10 (or --measures) of TREC runs against a dataset's or a file's qrels
     experiment  BM25 top-k re-ranked at several shapes: a table of effectiveness, cost and time
     budget      the best shape or cascade for a cost budget, chosen on development topics (Pareto frontier)
@@ -109,7 +111,9 @@ def _candidate_args(parser: argparse.ArgumentParser, pyserini: bool = False) -> 
                                                           "from the index's stored raw records (--storeRaw)")
         parser.add_argument("--topics", default=None, help="with --index: a topics file (TREC, or qid<TAB>query "
                                                            "per line) or a Pyserini topic name")
-    parser.add_argument("--run", default=None, help="TREC run of candidates (default: PISA BM25)")
+    parser.add_argument("--run", "--run-file", dest="run", default=None,
+                        help="TREC run of candidates (default: PISA BM25); under torchrun write --run-file "
+                             "(torchrun reads --run as an abbreviation of its own --run-path)")
     parser.add_argument("--top-k", type=int_at_least(1), default=100, help="candidates per query")
     parser.add_argument("--queries", type=int_at_least(1), default=None, help="only the first N queries (quick runs)")
 
@@ -266,24 +270,55 @@ def cmd_seed(args) -> None:
 
 
 def cmd_rerank(args) -> None:
+    """Re-rank query by query, sharded over the ranks of ``torchrun`` (one process otherwise) and resumable:
+    see :mod:`.sharded`."""
+    from .candidate_stream import query_order
     from .reranker import MatroyshkaReRanker
-    from .trec import write_trec_run
+    from .sharded import join_ranks, rerank_sharded
 
+    recorded = {key: value for key, value in vars(args).items() if key not in ("verbose", "debug")}  # a resume matches
     _check_candidate_source(args)
     weight = _fusion_weight(args)
     _check_output(args.output)
-    candidates = _candidates(args)  # the data, checked before the model loads
-    reranker = MatroyshkaReRanker(scorer=_scorer(args), shape=args.shape, verbose=True)
+    ranks = join_ranks(args.device)
+    args.device = str(ranks.device)
+    with ranks.main_first():  # rank 0 fills the caches (docstores, converted base model) the others then read
+        candidates = _candidate_stream(args)
+        order = query_order(candidates, ranks.rank, ranks.world, load=True)  # the data, before the model loads
+        if not order:
+            raise UserError(f"run file {args.run} holds no lines: nothing to re-rank" if args.run
+                            else "no candidates to re-rank: the first stage gave no rows")
+        given, kept = getattr(candidates, "rows_given", 0), getattr(candidates, "rows_kept", 0)
+        if ranks.main and kept < given:  # rows left out on purpose are counted, never dropped silently
+            print(f"kept {kept} of {given} candidate rows (--top-k {args.top_k}"
+                  + (f", --queries {args.queries})" if args.queries else ")"), file=sys.stderr)
+        reranker = MatroyshkaReRanker(scorer=_scorer(args), shape=args.shape)  # the job's bars show progress
     name = f"matroyshka-{reranker.shape}"
     if weight is not None:
         from .fusion import FirstStageFusion
 
         reranker, name = FirstStageFusion(reranker, weight), f"{name}-fused{weight:g}"
-    result = reranker(candidates)
-    if len(result) != len(candidates):  # never write a run that lost rows
-        raise RuntimeError(f"the re-ranker returned {len(result)} rows for {len(candidates)} candidates")
-    path = write_trec_run(result, args.output, run_name=name)
-    print(f"wrote {len(result)} rows for {result['qid'].nunique()} queries to {path}")
+    summary = rerank_sharded(candidates, reranker, args.output, run_name=name, arguments=recorded, ranks=ranks,
+                             order=order)
+    ranks.leave()
+    if ranks.main:
+        print(f"wrote {summary.lines} rows for {summary.queries} queries to {summary.output}")
+
+
+def _candidate_stream(args):
+    """The candidates of ``rerank``: a ``--run`` streamed query by query, else the first stage's in memory."""
+    from .candidate_stream import FrameCandidates, TrecRunCandidates
+
+    if args.run is None or getattr(args, "index", None):
+        return FrameCandidates(_candidates(args))
+    if not os.path.isfile(args.run):
+        raise UserError(f"run file {args.run} does not exist" if not os.path.exists(args.run)
+                        else f"run file {args.run} is not a file")
+    from .offline.bm25 import text_loader
+    from .offline.collections import pt_dataset
+
+    return TrecRunCandidates(args.run, pt_dataset(args.dataset).get_topics(), text_loader(args.dataset),
+                             top_k=args.top_k, max_queries=args.queries, topics_name=f"the topics of {args.dataset}")
 
 
 def cmd_evaluate(args) -> None:
@@ -330,7 +365,7 @@ def cmd_experiment(args) -> None:
         from .offline.minilm import MiniLMCrossEncoder
 
         systems["MiniLM-L12 teacher"] = MiniLMCrossEncoder(verbose=True)
-    for shape in shapes:  # each checked against the model's exits, before any scoring
+    for shape in shapes:  # each checked, before scoring
         if ">" in str(shape):
             cascade = reranker.cascade(shape)
             systems[str(cascade.plan)] = cascade
@@ -404,12 +439,16 @@ def default_shapes(exits: Sequence[int]) -> list[str]:
     return [f"L{d}" for d in depths] + [f"L{deepest}:r2@{early}", f"L{deepest}:r4@{early}"]
 
 
+def _warnings_only(record: logging.LogRecord) -> bool:
+    return record.levelno >= logging.WARNING
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run one command; bad input raises :class:`~pyterrier_matroyshka.errors.UserError` (see :func:`cli`)."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
-    if not args.verbose:  # ir_datasets logs every docstore it opens
-        logging.getLogger("ir_datasets").setLevel(logging.WARNING)
+    if not args.verbose:  # ir_datasets logs every docstore it opens (a filter: it sets its level to INFO itself)
+        logging.getLogger("ir_datasets").addFilter(_warnings_only)
     warnings.filterwarnings("ignore", message=".*Pandas4Warning.*")
     try:
         import transformers

@@ -62,7 +62,7 @@ def runs(bm25_run, tmp_path) -> dict[str, Path]:
         "nan": edit(1, 4, "nan"),
         "inf": edit(2, 4, "-inf"),
         "unknown_qid": lines + ["99999 Q0 184 1 1.0 x\n"],
-        "unknown_docno": lines + edit(0, 2, "no-such-doc")[:1],
+        "unknown_docno": edit(0, 2, "no-such-doc")[:1] + lines,  # in its query's block: runs are read query by query
     }
     paths = {name: tmp_path / f"{name}.run" for name in variants}
     for name, content in variants.items():
