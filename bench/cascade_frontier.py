@@ -38,18 +38,19 @@ def evaluate(args) -> None:
     from pyterrier_matroyshka.shape import Shape
     from pyterrier_matroyshka import MatroyshkaReRanker
     from pyterrier_matroyshka.offline.collections import pt_dataset
+    from pyterrier_matroyshka.pretrained import DEFAULT_VARIANT
 
     torch.set_num_threads(args.threads)
     qids = holdout_qids(args.dataset) if args.holdout else None
     candidates = candidates_for(args.dataset, args.top_k, args.queries, qids)
-    reranker = MatroyshkaReRanker.from_pretrained(dtype="fp32", device="cpu", batch_size=args.batch_size)
+    reranker = MatroyshkaReRanker.from_pretrained(args.variant, dtype="fp32", device="cpu", batch_size=args.batch_size)
     systems = default_systems(reranker.scorer.exits, args.ratios)
     start = time.perf_counter()
     table = evaluate_systems(reranker, systems, candidates, pt_dataset(args.dataset).get_qrels(), cache=args.cache,
                              time_queries=args.time_queries, time_which="frontier" if args.time_queries else "none")
     name = args.dataset + (" (held-out queries)" if args.holdout else "")
-    entry = {"dataset": name, "queries": int(candidates["qid"].nunique()), "top_k": args.top_k,
-             "candidates": len(candidates), "time_queries": args.time_queries, "threads": args.threads,
+    entry = {"dataset": name, "variant": args.variant or DEFAULT_VARIANT, "queries": int(candidates["qid"].nunique()),
+             "top_k": args.top_k, "candidates": len(candidates), "time_queries": args.time_queries, "threads": args.threads,
              "batch_size": args.batch_size, "cpu": cpu_name(), "seconds": round(time.perf_counter() - start, 1),
              "systems": table.to_dict(orient="records")}
     full = plan_for(reranker, Shape(reranker.scorer.exits[-1]))[0]
@@ -243,6 +244,7 @@ def main() -> None:
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("evaluate")
     run.add_argument("--dataset", required=True)
+    run.add_argument("--variant", default=None, help="the pretrained variant (default: the default model)")
     run.add_argument("--queries", type=int, default=None)
     run.add_argument("--top-k", type=int, default=100)
     run.add_argument("--holdout", action="store_true", help="the training recipe's held-out queries only")

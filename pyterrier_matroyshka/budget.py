@@ -21,6 +21,8 @@ import pandas as pd
 import pyterrier as pt
 from ir_measures import RR, nDCG
 
+from .errors import UserError
+from .fingerprint import digest as fingerprint_digest
 from .cascade_plan import CascadePlan
 from .cascade_scoring import cascade_ranking, prune, stage_adapters
 from .reranker import MatroyshkaReRanker
@@ -99,7 +101,7 @@ def refuse_test_topics(dataset: str) -> None:
     """A budget is chosen on development topics; choosing on test topics would overstate the choice."""
     name = dataset.lower()
     if any(marker in name for marker in ("/test", "dl19", "dl20", "trec-dl", "/dev/small")):
-        raise ValueError(f"{dataset} holds evaluation topics: choose a shape on development topics, e.g. "
+        raise UserError(f"{dataset} holds evaluation topics: choose a shape on development topics, e.g. "
                          "beir/scifact/train --holdout (the held-out training queries), and report on test after")
 
 
@@ -133,7 +135,7 @@ def plan_for(reranker: MatroyshkaReRanker, system: System) -> tuple[PassKey, lis
     except ValueError:
         choice, sets = "deepest", stage_adapters(scorer, system, "deepest")
     if any(s != sets[0] for s in sets):
-        raise ValueError(f"cascade {system} switches adapters between stages; replaying it from one pass needs one "
+        raise UserError(f"cascade {system} switches adapters between stages; replaying it from one pass needs one "
                          "adapter set: evaluate it with the transformer itself")
     path = system.path
     return PassKey(path.compress_layers, path.ratio, tuple(sets[0])), system.depths, choice
@@ -148,7 +150,9 @@ def exit_scores(reranker: MatroyshkaReRanker, candidates: pd.DataFrame, key: Pas
     path = None
     if cache is not None:
         rows = "\n".join(candidates["qid"].astype(str) + "\t" + candidates["docno"].astype(str))
-        digest = hashlib.sha1(f"{scorer.name}|{scorer.max_length}|{rows}".encode()).hexdigest()[:12]
+        # the scorer's fingerprint (weights, adapters, budgets), so another model's scores are never read back
+        model = fingerprint_digest(scorer.fingerprint(shape))
+        digest = hashlib.sha1(f"{model}|{rows}".encode()).hexdigest()[:12]
         path = Path(cache) / f"exits_{key}_{digest}.npz"
         if path.is_file():
             stored = np.load(path)
@@ -254,7 +258,7 @@ def best_under(table: pd.DataFrame, max_gflop: Optional[float] = None, max_ms: O
         fits &= table["ms/query"] <= max_ms  # untimed systems (NaN) never fit a time budget
     if not fits.any():
         cheapest = table.loc[table[COST].idxmin()]
-        raise ValueError(f"no system fits the budget; the cheapest is {cheapest['name']} at "
+        raise UserError(f"no system fits the budget; the cheapest is {cheapest['name']} at "
                          f"{cheapest[COST]:.2f} GFLOP/query ({cheapest['of full']:.0%} of full depth)")
     within = table[fits].sort_values([measure, COST], ascending=[False, True], kind="stable")
     return within.iloc[0]

@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 import pyterrier as pt
 
+from .errors import UserError
 from .fingerprint import digest
 from .reranker import MatroyshkaReRanker
 
@@ -123,7 +124,7 @@ def check_exits(exits: Optional[Sequence[int]], available: Sequence[int]) -> tup
     chosen = tuple(sorted({int(e) for e in exits}))
     missing = [e for e in chosen if e not in available]
     if not chosen or missing:
-        raise ValueError(f"exit(s) {missing or list(exits)} are not among the cached pass's exits {list(available)}; "
+        raise UserError(f"exit(s) {missing or list(exits)} are not among the cached pass's exits {list(available)}; "
                          "cache a pass with every exit you need (e.g. reranker.with_shape('L10,20,30'))")
     return chosen
 
@@ -137,11 +138,11 @@ def claim_folder(path: Path, reranker: MatroyshkaReRanker) -> None:
         if held != json.loads(json.dumps(wanted)):
             changed = "; ".join(f"{k}: {held.get(k)!r} there, {wanted.get(k)!r} here"
                                 for k in sorted(set(held) | set(wanted)) if held.get(k) != wanted.get(k))
-            raise ValueError(f"the cache at {path} holds the scores of another re-ranker ({changed}); give each "
+            raise UserError(f"the cache at {path} holds the scores of another re-ranker ({changed}); give each "
                              "model, shape and length a folder of its own, e.g. cache_folder(root, reranker)")
         return
     if path.exists() and any(path.iterdir()):
-        raise ValueError(f"{path} is not empty and is not a Matroyshka cache (no {FINGERPRINT_FILE}); "
+        raise UserError(f"{path} is not empty and is not a Matroyshka cache (no {FINGERPRINT_FILE}); "
                          "pick a new folder")
     path.mkdir(parents=True, exist_ok=True)
     note.write_text(json.dumps({"model": reranker.scorer.name, "fingerprint": wanted}, indent=2))

@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 import pyterrier as pt
 
+from .errors import UserError
 from .cascade_plan import CascadePlan, StageLike
 from .cascade_scoring import AdapterChoice, cascade_ranking, score_cascade, stage_adapters
 
@@ -47,7 +48,7 @@ class MatroyshkaCascade(pt.Transformer):
     def __init__(self, reranker: "MatroyshkaReRanker", stages: Union[CascadePlan, str, Sequence[StageLike]],
                  adapters: AdapterChoice = "auto"):
         if getattr(reranker, "score_in_text", False):
-            raise ValueError("the cascade does not write first-stage scores into passages (score_in_text); "
+            raise UserError("the cascade does not write first-stage scores into passages (score_in_text); "
                              "use a re-ranker without it")
         self.reranker = reranker
         self.plan = CascadePlan.coerce(stages).validate(reranker.scorer.exits)

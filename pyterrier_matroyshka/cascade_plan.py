@@ -17,6 +17,7 @@ import re
 from dataclasses import dataclass
 from typing import Optional, Sequence, Union
 
+from .errors import UserError
 from .shape import BackboneDims, Shape, ShapeLike
 
 _STAGE = re.compile(r"^(?P<shape>\S+?)(?:\s+top(?P<keep>\d+))?$")
@@ -52,7 +53,7 @@ class CascadePlan:
         if isinstance(stages, str):
             raise TypeError("give a list of stages, e.g. [('L10', 50), 'L30'], or CascadePlan.parse('L10 top50 > L30')")
         if len(stages) < 2:
-            raise ValueError("a cascade needs at least two stages, e.g. [('L10', 50), 'L30']; "
+            raise UserError("a cascade needs at least two stages, e.g. [('L10', 50), 'L30']; "
                              "for one shape use the re-ranker itself")
         stages = [self._stage(stage, i == len(stages) - 1) for i, stage in enumerate(stages)]
         self.stages: tuple[CascadeStage, ...] = tuple(stages)
@@ -65,26 +66,26 @@ class CascadePlan:
             shape, keep = stage.shape, stage.keep
         elif isinstance(stage, tuple):
             if len(stage) != 2:
-                raise ValueError(f"stage {stage!r}: expected (shape, keep), e.g. ('L10', 50)")
+                raise UserError(f"stage {stage!r}: expected (shape, keep), e.g. ('L10', 50)")
             shape, keep = Shape.coerce(stage[0]), stage[1]
         else:
             shape, keep = Shape.coerce(stage), None
         if len(shape.exits) != 1:
-            raise ValueError(f"stage {shape}: a stage scores at one exit; give e.g. 'L{shape.depth}'")
+            raise UserError(f"stage {shape}: a stage scores at one exit; give e.g. 'L{shape.depth}'")
         if last and keep is not None:
-            raise ValueError(f"the last stage ({shape}) ranks everything that reaches it: give it without a count")
+            raise UserError(f"the last stage ({shape}) ranks everything that reaches it: give it without a count")
         if not last and (not isinstance(keep, int) or isinstance(keep, bool) or keep < 1):
-            raise ValueError(f"stage {shape}: keep must be a positive number of candidates, got {keep!r}; "
+            raise UserError(f"stage {shape}: keep must be a positive number of candidates, got {keep!r}; "
                              "e.g. ('L10', 50)")
         return CascadeStage(shape, keep)
 
     def _check_order(self) -> None:
         depths = [s.depth for s in self.stages]
         if any(b <= a for a, b in zip(depths, depths[1:])):
-            raise ValueError(f"cascade {self}: stage depths {depths} must strictly increase")
+            raise UserError(f"cascade {self}: stage depths {depths} must strictly increase")
         keeps = [s.keep for s in self.stages[:-1]]
         if any(b > a for a, b in zip(keeps, keeps[1:])):
-            raise ValueError(f"cascade {self}: keep counts {keeps} must not grow (a stage sees only what the "
+            raise UserError(f"cascade {self}: keep counts {keeps} must not grow (a stage sees only what the "
                              "one before kept)")
 
     def _check_compression(self) -> None:
@@ -94,7 +95,7 @@ class CascadePlan:
             same = stage.shape.compress_layers == below and (not below or stage.shape.ratio == deepest.ratio)
             if not same:
                 expected = Shape(stage.depth, below, deepest.ratio if below else 1)
-                raise ValueError(
+                raise UserError(
                     f"cascade {self}: stage {stage.shape} and the deepest stage {deepest} differ below depth "
                     f"{stage.depth}, so the deeper stage cannot resume from it; a later stage may only add "
                     f"compression at or after the earlier stage's depth (here the earlier stage would be {expected})")
@@ -106,7 +107,7 @@ class CascadePlan:
         for part in text.split(">"):
             match = _STAGE.match(part.strip())
             if not match:
-                raise ValueError(f"cannot parse cascade stage {part.strip()!r} in {text!r}: expected e.g. "
+                raise UserError(f"cannot parse cascade stage {part.strip()!r} in {text!r}: expected e.g. "
                                  "'L10 top50 > L20 top15 > L30'")
             shape = Shape.parse(match["shape"])
             stages.append((shape, int(match["keep"])) if match["keep"] else shape)

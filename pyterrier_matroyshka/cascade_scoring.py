@@ -19,6 +19,7 @@ from typing import Optional, Sequence, Union
 import numpy as np
 import torch
 
+from .errors import UserError
 from .cascade_plan import CascadePlan
 from .adapters import merge_active_adapters, set_active_adapters
 from .forward_state import ForwardState, concat_states
@@ -59,7 +60,7 @@ def stage_adapters(scorer: MatroyshkaScorer, plan: CascadePlan, adapters: Adapte
         return [scorer.adapters_for(plan.stages[-1].shape)] * len(plan.stages)
     if adapters != "auto":
         if isinstance(adapters, str):
-            raise ValueError(f"adapters={adapters!r}: use 'auto', 'deepest' or a list of adapter names")
+            raise UserError(f"adapters={adapters!r}: use 'auto', 'deepest' or a list of adapter names")
         return [list(adapters)] * len(plan.stages)
     sets = [scorer.adapters_for(stage.shape) for stage in plan.stages]
     starts = [_EMBEDDING] + plan.depths[:-1]
@@ -69,7 +70,7 @@ def stage_adapters(scorer: MatroyshkaScorer, plan: CascadePlan, adapters: Adapte
             for name in sorted(set(sets[earlier]) ^ set(sets[later])):
                 shared = sorted(adapter_blocks(scorer.model, name) & ran)
                 if shared:
-                    raise ValueError(
+                    raise UserError(
                         f"cascade {plan}: stage {plan.stages[later].shape} picks adapters {sets[later]} but stage "
                         f"{plan.stages[earlier].shape} ran blocks {_blocks(shared)} with {sets[earlier]}, and "
                         f"adapter {name!r} changes those blocks, so the deeper stage cannot resume from them. "
@@ -139,7 +140,7 @@ def score_cascade(scorer: MatroyshkaScorer, pairs: Sequence[Pair], plan: Union[C
     """
     plan = CascadePlan.coerce(plan).validate(scorer.exits)
     if scorer.reference_bugs:
-        raise ValueError("the cascade runs the corrected forward only (reference bug B1 reorders heads by the "
+        raise UserError("the cascade runs the corrected forward only (reference bug B1 reorders heads by the "
                          "call's exits, B2 makes compression depend on the batch); use reference_compat=False")
     sets = stage_adapters(scorer, plan, adapters)
     pairs = _as_pairs(pairs)

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+from .errors import UserError
 from .offline.base_models import SMOLLM2_ID
 
 MODELS_ENV = "MATROYSHKA_MODELS"
@@ -50,7 +51,7 @@ def variant(name: Optional[str] = None) -> Variant:
     """The variant called ``name`` (default: :data:`DEFAULT_VARIANT`)."""
     name = name or DEFAULT_VARIANT
     if name not in VARIANTS:
-        raise ValueError(f"unknown pretrained variant {name!r}; the variants are {sorted(VARIANTS)}. For a checkpoint "
+        raise UserError(f"unknown pretrained variant {name!r}; the variants are {sorted(VARIANTS)}. For a checkpoint "
                          "folder or hub id, use MatroyshkaScorer(path, adapters=...) or MatroyshkaReRanker(path, ...)")
     return VARIANTS[name]
 

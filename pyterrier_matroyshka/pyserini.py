@@ -37,6 +37,8 @@ from typing import Any, Callable, Iterable, Mapping, Protocol, Sequence, Union
 import numpy as np
 import pandas as pd
 
+from .errors import UserError
+
 __all__ = ["INSTALL_HINT", "SimpleHit", "configure_java", "java_env", "configured_java_home", "java_version",
            "lucene_searcher", "index_collection", "read_topics", "read_qrels", "bm25_candidates", "rerank_hits",
            "hit_text", "hits_to_frame", "run_to_frame", "frame_to_hits"]
@@ -233,16 +235,16 @@ def index_collection(docs: Iterable[Mapping[str, Any]], index_dir: PathLike, thr
         with open(folder / "docs.jsonl", "w", encoding="utf-8") as f:
             for i, doc in enumerate(docs):
                 if "docno" not in doc or "text" not in doc:
-                    raise ValueError(f"doc #{i} needs 'docno' and 'text', has {sorted(doc)}")
+                    raise UserError(f"doc #{i} needs 'docno' and 'text', has {sorted(doc)}")
                 docno = str(doc["docno"])
                 if docno in seen:
-                    raise ValueError(f"duplicate docno {docno!r} (doc #{i})")
+                    raise UserError(f"duplicate docno {docno!r} (doc #{i})")
                 seen.add(docno)
                 if not str(doc["text"]).strip():
                     empty.append(docno)
                 f.write(json.dumps({"id": docno, "contents": str(doc["text"])}, ensure_ascii=False) + "\n")
         if not seen:
-            raise ValueError("index_collection: no documents to index")
+            raise UserError("index_collection: no documents to index")
         cmd = [sys.executable, "-c", _INDEXER, jar, "--collection", "JsonCollection",
                "--generator", "DefaultLuceneDocumentGenerator", "--input", str(folder),
                "--index", str(index_dir), "--threads", str(threads), "--storeRaw", *extra_args]
@@ -277,7 +279,7 @@ def read_topics(spec: PathLike) -> pd.DataFrame:
     try:
         topics = get_topics(str(spec))
     except ValueError as err:
-        raise ValueError(f"--topics {spec}: neither a file nor a Pyserini topic name ({err})") from None
+        raise UserError(f"--topics {spec}: neither a file nor a Pyserini topic name ({err})") from None
     except Exception as err:  # noqa: BLE001  (a JavaException when Anserini cannot download the file)
         raise RuntimeError(f"Pyserini could not load topics {spec!r} (it downloads them on first use; offline, "
                            f"pass a topics file instead): {str(err).splitlines()[0][:300]}") from None
@@ -312,7 +314,7 @@ def bm25_candidates(index_dir: PathLike, topics: pd.DataFrame, k: int = 100, k1:
     frame = run_to_frame({qid: run.get(qid, []) for qid in qids}, dict(zip(qids, queries)), searcher=searcher)
     missing = frame["text"].isna()
     if missing.any():
-        raise ValueError(f"the index at {index_dir} stores no text for docid {frame.loc[missing, 'docno'].iloc[0]!r} "
+        raise UserError(f"the index at {index_dir} stores no text for docid {frame.loc[missing, 'docno'].iloc[0]!r} "
                          f"and {int(missing.sum()) - 1} other hit(s): re-index with --storeRaw (or --storeContents)")
     return frame
 
@@ -356,7 +358,7 @@ def hit_text(hit: Any, searcher: Any = None, text_of: Callable[[Any], str] | Non
         return hit.text
     raw = _raw_of(hit, searcher)
     if raw is None:
-        raise ValueError(f"no text for docid {hit.docid!r}: pass searcher= (an index built with --storeRaw) "
+        raise UserError(f"no text for docid {hit.docid!r}: pass searcher= (an index built with --storeRaw) "
                          "or text_of=")
     return _text_from_raw(raw)
 
@@ -384,7 +386,7 @@ def rerank_hits(scorer: PairScorer, query: str, hits: Sequence[Any], searcher: A
         scores = scores.tolist()
     scores = list(scores)
     if len(scores) != len(hits) or any(isinstance(s, (list, tuple)) for s in scores):
-        raise ValueError(f"scorer returned {len(scores)} scores (or nested lists) for {len(hits)} hits: "
+        raise UserError(f"scorer returned {len(scores)} scores (or nested lists) for {len(hits)} hits: "
                          "rerank_hits needs one score per hit (a single-exit shape)")
     if fusion_weight is not None:
         scores = _fuse(hits, scores, fusion_weight)
@@ -396,8 +398,6 @@ def rerank_hits(scorer: PairScorer, query: str, hits: Sequence[Any], searcher: A
 
 def _fuse(hits: Sequence[Any], scores: list[float], weight: float) -> list[float]:
     from .fusion import interpolate
-
-    from .errors import UserError
 
     first = pd.Series([float(h.score) for h in hits])
     bad = ~np.isfinite(first.to_numpy())
@@ -448,7 +448,7 @@ def frame_to_hits(df: pd.DataFrame) -> dict[str, list[SimpleHit]]:
     ``{qid: [SimpleHit, ...]}``, queries in order of first appearance, hits by score descending (stable)."""
     missing = [c for c in ("qid", "docno", "score") if c not in df.columns]
     if missing:
-        raise ValueError(f"frame_to_hits: the frame lacks column(s) {missing}; it has {list(df.columns)}")
+        raise UserError(f"frame_to_hits: the frame lacks column(s) {missing}; it has {list(df.columns)}")
     texts = df["text"] if "text" in df.columns else [None] * len(df)
     run: dict[str, list[SimpleHit]] = {}
     for qid, docno, score, text in zip(df["qid"], df["docno"], df["score"], texts):

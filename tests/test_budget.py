@@ -89,6 +89,19 @@ def test_evaluate_systems_reads_each_pass_once_and_costs_by_the_plan(reranker, c
     assert np.allclose(again.set_index("name").loc[table["name"], "nDCG@10"], table["nDCG@10"])
 
 
+def test_the_pass_cache_never_serves_another_models_scores(reranker, tiny_checkpoint, candidates, tmp_path):
+    """Same base, same shape, other weights (an adapter merged in): its own cache file, its own scores."""
+    from pyterrier_matroyshka.reranker import MatroyshkaReRanker
+
+    key = plan_for(reranker, Shape.parse("L8"))[0]
+    first = exit_scores(reranker, candidates, key, tmp_path)
+    merged = MatroyshkaScorer(str(tiny_checkpoint), adapters=[str(tiny_checkpoint / "compensate" / "layer" / "full")],
+                              dtype="fp32", device="cpu", batch_size=8, max_length=128)
+    second = exit_scores(MatroyshkaReRanker(scorer=merged), candidates, key, tmp_path)
+    assert len(list(tmp_path.glob("*.npz"))) == 2
+    assert np.abs(first[8] - second[8]).max() > 1e-3
+
+
 def test_default_systems_of_a_30_layer_model():
     systems = [str(s) for s in default_systems(list(range(4, 31)))]
     assert {"L30", "L15", "L6", "L30:r2@4", "L6 top30 > L20", "L6 top50 > L15 top20 > L30",
