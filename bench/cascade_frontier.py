@@ -48,8 +48,9 @@ def evaluate(args) -> None:
     start = time.perf_counter()
     table = evaluate_systems(reranker, systems, candidates, pt_dataset(args.dataset).get_qrels(), cache=args.cache,
                              time_queries=args.time_queries, time_which="frontier" if args.time_queries else "none")
-    name = args.dataset + (" (held-out queries)" if args.holdout else "")
-    entry = {"dataset": name, "variant": args.variant or DEFAULT_VARIANT, "queries": int(candidates["qid"].nunique()),
+    variant = args.variant or DEFAULT_VARIANT
+    name = f"{args.dataset}{' (held-out queries)' if args.holdout else ''}, {variant}"
+    entry = {"dataset": name, "variant": variant, "queries": int(candidates["qid"].nunique()),
              "top_k": args.top_k, "candidates": len(candidates), "time_queries": args.time_queries, "threads": args.threads,
              "batch_size": args.batch_size, "cpu": cpu_name(), "seconds": round(time.perf_counter() - start, 1),
              "systems": table.to_dict(orient="records")}
@@ -225,6 +226,11 @@ def plot(results: dict, path: Path) -> None:
         for kind, marker in (("shape", "o"), ("cascade", "^")):
             part = table[table["kind"] == kind]
             ax.scatter(part["of full"], part["nDCG@10"], marker=marker, s=18, alpha=0.6, label=f"{kind}s")
+        for key, marker, label in (("fused_first_stage", "x", "cascades pruning by exit + BM25"),
+                                   ("bm25_cuts", "+", "BM25 top-k > one exit")):
+            extra = pd.DataFrame(entry.get(key, []))
+            if len(extra):
+                ax.scatter(extra["of full"], extra["nDCG@10"], marker=marker, s=18, alpha=0.6, label=label)
         frontier = pareto_frontier(table)
         ax.step(frontier["of full"], frontier["nDCG@10"], where="post", color="black", linewidth=1, label="frontier")
         full = table.loc[table["name"] == "L30", "nDCG@10"].iloc[0]
