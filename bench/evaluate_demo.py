@@ -19,7 +19,7 @@ on the same fixed sample of pairs, so the time column compares shapes on equal w
 from __future__ import annotations
 
 import argparse
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 import json
 import sys
 import time
@@ -302,11 +302,11 @@ def significance(args) -> None:
                 print(f"| {name} | {shape} | " + " | ".join(cells) + " |")
 
 
-def report(out: Path, fused: bool = True) -> str:
-    """One table per dataset, a row per system and shape; with ``fused`` a column of the same run
-    interpolated with BM25 (the weight ``evaluate`` used)."""
+def report(out: Path, fused: bool = True, datasets: Sequence[str] = DATASETS) -> str:
+    """One table per dataset (of ``datasets`` evaluated in ``out``), a row per system and shape; with ``fused``
+    a column of the same run interpolated with BM25 (the weight ``evaluate`` used)."""
     lines = []
-    for dataset in DATASETS:
+    for dataset in datasets:
         files = {p.stem.split("__")[1]: json.loads(p.read_text()) for p in out.glob(f"{tag(dataset)}__*.json")}
         if not files:
             continue
@@ -396,7 +396,7 @@ def main() -> None:
     elif args.step == "significance":
         significance(args)
     else:
-        print(report(args.out, not args.no_fused))
+        print(report(args.out, not args.no_fused, args.datasets))
 
 
 if __name__ == "__main__":
