@@ -94,7 +94,7 @@ def read_candidates(dataset: str, folder: Path) -> pd.DataFrame:
 # -- step 2: scores -------------------------------------------------------------------------------------
 def system_specs(shipped: Path, naive: Path) -> dict[str, dict]:
     """name -> how to build the scorer (adapters merged / compensation kept switchable) and its ratios."""
-    compensation = {k: str(shipped / k) for k in ("vertical", "r2", "r4")}
+    compensation = {k: str(shipped / k) for k in ("vertical", "r2", "r4") if (shipped / k).is_dir()}
     return {
         "zero_shot": dict(adapters=None, ratios=[1]),
         "naive": dict(adapters=[str(naive)], ratios=[1]),
@@ -237,7 +237,7 @@ def write_metrics(args) -> None:
             for shape, column in shape_columns(scores):
                 cost = {"gflops": timing.get("gflops", {}).get(shape),
                         "ms_per_pair": 1000 * timing["shape_seconds"][shape] / timing["timing_pairs"]
-                        if "shape_seconds" in timing else None, "device": timing["device"]}
+                        if shape in timing.get("shape_seconds", {}) else None, "device": timing["device"]}
                 alone = evaluate(scores.assign(score=scores[column]), qrels, queries=queries)
                 fused = evaluate(with_bm25(scores, column, args.fusion_weight), qrels, queries=queries)
                 results[shape] = {**alone, **cost}

@@ -1,7 +1,7 @@
 """Named pretrained variants: the trained Matroyshka re-rankers that install with the package.
 
-    MatroyshkaReRanker.from_pretrained()                           # the default variant, full depth
-    MatroyshkaReRanker.from_pretrained("smollm2-scifact", shape="L15")
+    MatroyshkaReRanker.from_pretrained()                           # the default variant (smollm2-mix), full depth
+    MatroyshkaReRanker.from_pretrained("smollm2-scifact", shape="L15")  # the SciFact specialist
     MatroyshkaScorer.from_pretrained("smollm2-scifact").compute_score(pairs, shape="L30:r2@4")
 
 A variant is a public base model plus LoRA adapters kept in ``models/<folder>/`` of the repository (one
@@ -42,9 +42,12 @@ class Variant:
 VARIANTS: dict[str, Variant] = {v.name: v for v in (
     Variant("smollm2-scifact", "matroyshka-smollm2-scifact", SMOLLM2_ID, max_length=128, fusion_weight=0.5,
             description="SmolLM2-135M-Instruct trained with the three Matroyshka stages on SciFact train"),
+    Variant("smollm2-mix", "matroyshka-smollm2-mix", SMOLLM2_ID, max_length=128, fusion_weight=0.5,
+            description="the SciFact model's stage 1 continued on the diverse training mix (MS MARCO, NQ, SQuAD, "
+                        "ARES, MedQuAD, SciFact train); no compensation adapters yet", compensation=()),
 )}
 #: the variant used when none is named (CLI, main job, ``from_pretrained()``)
-DEFAULT_VARIANT = "smollm2-scifact"
+DEFAULT_VARIANT = "smollm2-mix"
 
 
 def variant(name: Optional[str] = None) -> Variant:

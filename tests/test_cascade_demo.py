@@ -1,5 +1,6 @@
-"""Progressive deepening on the shipped demo model (slow: loads SmolLM2-135M with its adapters): resumed scores
-equal one-pass scores, with compression in a later stage and the compensation adapters picked by shape."""
+"""Progressive deepening on a shipped model with compensation adapters, the SciFact variant (slow: loads
+SmolLM2-135M with its adapters): resumed scores equal one-pass scores, with compression in a later stage and the
+compensation adapters picked by shape."""
 from __future__ import annotations
 
 import numpy as np
@@ -11,22 +12,25 @@ from pyterrier_matroyshka import MatroyshkaScorer
 from pyterrier_matroyshka.pretrained import variant_dir
 
 
+VARIANT = "smollm2-scifact"  # a variant with vertical and horizontal compensation adapters
+
+
 def _installed() -> bool:
     try:
-        variant_dir()
+        variant_dir(VARIANT)
     except FileNotFoundError:
         return False
     return True
 
 
-pytestmark = [pytest.mark.slow, pytest.mark.skipif(not _installed(), reason="the default variant's adapters are absent")]
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(not _installed(), reason=f"{VARIANT}'s adapters are absent")]
 
 EXACT = 1e-5
 
 
 @pytest.fixture(scope="module")
 def scorer(one_thread):
-    return MatroyshkaScorer.from_pretrained(dtype="fp32", device="cpu", batch_size=8)
+    return MatroyshkaScorer.from_pretrained(VARIANT, dtype="fp32", device="cpu", batch_size=8)
 
 
 def assert_exact(scorer, pairs, plan, scores, adapters=None):

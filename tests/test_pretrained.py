@@ -21,8 +21,9 @@ EXPECTED = {"smollm2-scifact": {
 }}
 
 
-def fake_variant(root, name="smollm2-scifact", missing=()):
-    """The adapter folders of ``name`` under ``root`` (empty adapter configs), leaving out ``missing``."""
+def fake_variant(root, name=None, missing=()):
+    """The adapter folders of ``name`` (default: the default variant) under ``root`` (empty adapter configs),
+    leaving out ``missing``."""
     chosen = variant(name)
     for adapter in chosen.merged + chosen.compensation:
         if adapter not in missing:
@@ -38,7 +39,17 @@ def test_the_default_variant_is_registered_and_found_in_the_repository():
     folder = variant_dir()
     assert base == variant().base and settings["max_length"] == variant().max_length
     assert settings["adapters"] == [str(folder / "stage1")]
-    assert settings["compensation"] == [str(folder / a) for a in ("vertical", "r2", "r4")]
+    assert settings["compensation"] == [str(folder / a) for a in variant().compensation]
+    assert (folder / "MODEL_CARD.md").is_file()
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("name", sorted(VARIANTS))
+def test_every_variant_ships_its_adapters_and_model_card(name):
+    folder = variant_dir(name)
+    for adapter in variant(name).merged + variant(name).compensation:
+        assert (folder / adapter / "adapter_model.safetensors").stat().st_size > 0
+    assert (folder / "MODEL_CARD.md").is_file()
 
 
 @pytest.mark.unit
@@ -53,12 +64,14 @@ def test_an_installed_package_finds_its_adapters_before_the_repository(tmp_path,
 @pytest.mark.unit
 def test_missing_adapters_are_an_error_that_says_how_to_get_them(tmp_path, monkeypatch):
     monkeypatch.setattr(pretrained, "models_dirs", lambda: [tmp_path])
-    fake_variant(tmp_path, missing=("r4",))  # an incomplete copy is not used either
+    fake_variant(tmp_path, "smollm2-scifact", missing=("r4",))  # an incomplete copy is not used either
     with pytest.raises(FileNotFoundError, match=r"not installed.*pip wheel.*MATROYSHKA_MODELS.*train/recipe.sh"):
-        scorer_settings()
+        scorer_settings("smollm2-scifact")
     from pyterrier_matroyshka import MatroyshkaReRanker, MatroyshkaScorer
 
     with pytest.raises(FileNotFoundError, match="not installed"):  # before any model loads: no untrained base
+        MatroyshkaReRanker.from_pretrained("smollm2-scifact")
+    with pytest.raises(FileNotFoundError, match="not installed"):
         MatroyshkaReRanker.from_pretrained()
     with pytest.raises(FileNotFoundError, match="not installed"):
         MatroyshkaScorer.from_pretrained(DEFAULT_VARIANT)
