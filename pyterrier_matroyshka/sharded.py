@@ -102,12 +102,14 @@ class Ranks:
             self.owns_group = False
 
 
-def join_ranks(device: Union[str, torch.device, None] = None, timeout: timedelta = timedelta(hours=24)) -> Ranks:
+def join_ranks(device: Union[str, torch.device, None] = None, timeout: timedelta = timedelta(hours=24),
+               backend: str = "gloo") -> Ranks:
     """This process's :class:`Ranks`, joining the process group when launched by ``torchrun`` (``WORLD_SIZE`` > 1).
 
-    The group is gloo even on GPUs: the ranks only wait for one another and swap small objects. ``timeout`` is
-    how long a rank that has finished waits for the slowest one. ``device``: default ``cuda:LOCAL_RANK`` where
-    there are GPUs, else the CPU; a bare ``"cuda"`` also means ``cuda:LOCAL_RANK``.
+    The default group is gloo even on GPUs: re-ranking ranks only wait for one another and swap small objects
+    (training asks for nccl on GPUs, to reduce gradients). ``timeout`` is how long a rank that has finished waits
+    for the slowest one. ``device``: default ``cuda:LOCAL_RANK`` where there are GPUs, else the CPU; a bare
+    ``"cuda"`` also means ``cuda:LOCAL_RANK``.
     """
     world = int(os.environ.get("WORLD_SIZE", "1"))
     local = int(os.environ.get("LOCAL_RANK", "0"))
@@ -120,7 +122,7 @@ def join_ranks(device: Union[str, torch.device, None] = None, timeout: timedelta
         torch.cuda.set_device(device)
     owns = False
     if world > 1 and not dist.is_initialized():
-        dist.init_process_group("gloo", timeout=timeout)
+        dist.init_process_group(backend, timeout=timeout)
         owns = True
     rank = dist.get_rank() if dist.is_initialized() else 0
     world = dist.get_world_size() if dist.is_initialized() else 1

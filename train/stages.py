@@ -22,14 +22,12 @@ import contextlib
 import json
 import logging
 import math
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
 import torch
-import torch.distributed as dist
 
 from pyterrier_matroyshka.adapters import ADAPTER_INFO, check_adapter_folders
 from pyterrier_matroyshka.checkpoint import load_model
@@ -38,6 +36,7 @@ from pyterrier_matroyshka.model import MatroyshkaModel
 from pyterrier_matroyshka.prompt import PromptEncoder
 from pyterrier_matroyshka.scorer import fast_dtype, resolve_device
 from pyterrier_matroyshka.shape import Shape
+from pyterrier_matroyshka.sharded import Ranks, join_ranks
 
 from .checkpoints import latest_checkpoint, load_checkpoint, save_checkpoint
 from .config import StageConfig
@@ -50,40 +49,22 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
-class Runtime:
-    """Where this process runs: rank, world size, device, autocast dtype."""
+class Runtime(Ranks):
+    """Where this process runs (rank, world size, device: :class:`~pyterrier_matroyshka.sharded.Ranks`) and
+    the autocast dtype."""
 
-    rank: int = 0
-    world: int = 1
-    device: torch.device = torch.device("cpu")
     autocast: Optional[torch.dtype] = None
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-    def barrier(self) -> None:
-        if self.world > 1:
-            dist.barrier()
 
 
 def setup_runtime(config: StageConfig) -> Runtime:
     """Join the process group when launched by torchrun (``WORLD_SIZE`` > 1); pick device and dtype."""
     if config.num_threads:
         torch.set_num_threads(config.num_threads)
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    local = int(os.environ.get("LOCAL_RANK", "0"))
-    if config.device:
-        device = resolve_device(config.device)
-    else:
-        device = torch.device(f"cuda:{local}" if torch.cuda.is_available() else "cpu")
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-    rank = dist.get_rank() if world > 1 else 0
-    use_bf16 = fast_dtype(device) == torch.bfloat16 if config.bf16 == "auto" else bool(config.bf16)
-    return Runtime(rank, world, device, torch.bfloat16 if use_bf16 else None)
+    wanted = resolve_device(config.device) if config.device else None
+    cuda = (wanted.type if wanted is not None else "cuda" if torch.cuda.is_available() else "cpu") == "cuda"
+    ranks = join_ranks(wanted, backend="nccl" if cuda else "gloo")
+    use_bf16 = fast_dtype(ranks.device) == torch.bfloat16 if config.bf16 == "auto" else bool(config.bf16)
+    return Runtime(ranks.rank, ranks.world, ranks.device, ranks.owns_group, torch.bfloat16 if use_bf16 else None)
 
 
 def build_model(config: StageConfig, runtime: Runtime):
@@ -91,12 +72,10 @@ def build_model(config: StageConfig, runtime: Runtime):
     ``(peft_model, core, tokenizer)``."""
     from peft import LoraConfig, get_peft_model
 
-    if runtime.world > 1 and not runtime.main:
-        runtime.barrier()  # let rank 0 convert/cache the base once
-    core, tokenizer = load_model(config.model, adapters=config.merge_adapters or None, dtype=torch.float32,
-                                 device=runtime.device, start_layer=config.start_layer, layer_sep=config.layer_sep)
-    if runtime.world > 1 and runtime.main:
-        runtime.barrier()
+    with runtime.main_first():  # rank 0 converts and caches the base once
+        core, tokenizer = load_model(config.model, adapters=config.merge_adapters or None, dtype=torch.float32,
+                                     device=runtime.device, start_layer=config.start_layer,
+                                     layer_sep=config.layer_sep)
     core.gradient_checkpointing = config.gradient_checkpointing
     lora = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
                       target_modules=list(config.lora_targets), bias="none", task_type=None)
