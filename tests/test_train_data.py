@@ -163,3 +163,14 @@ def test_shipped_configs_load():
     for stage in ("stage1", "stage2", "stage3"):
         config = load_config(stage, str(root / f"{stage}.json"))
         assert config.stage == stage and config.train_data
+
+
+def test_the_naive_mix_baseline_differs_from_the_mix_model_only_in_its_trained_exits():
+    root = Path(__file__).resolve().parent.parent / "train" / "configs"
+    naive = load_config("stage2", str(root / "naive_mix.json"))
+    mix = load_config("stage1", str(root / "stage1_mix.json"))
+    assert naive.train_exits == [30] and naive.merge_adapters == [] and naive.init_adapter is None
+    assert naive.ratios == [1] and not naive.kd_external and not naive.kd_cascade
+    same = ("train_data", "group_size", "batch_size", "grad_accum", "query_max_len", "passage_max_len",
+            "balance_domains", "seed", "lora_r")
+    assert {k: getattr(naive, k) for k in same} == {k: getattr(mix, k) for k in same}

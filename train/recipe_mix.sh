@@ -10,7 +10,9 @@
 #
 # Every step is skipped when its output is complete and resumes where it stopped otherwise, so rerunning the
 # script after a stop continues the run. Settings: RUNS, PER_SOURCE, SOURCES, HOLDOUT_EVERY, STAGE1_STEPS
-# (default: one epoch), STAGE1_ONLY=1 (stop after stage 1), COMP_STEPS, WIDTH_STEPS, EXTRA (more --key value settings for every stage).
+# (default: one epoch), STAGE1_ONLY=1 (stop after stage 1), NAIVE=1 (also the naive-early-exit baseline: the base
+# fine-tuned at its last exit only, train/configs/naive_mix.json), COMP_STEPS, WIDTH_STEPS, EXTRA (more --key value
+# settings for every stage).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
@@ -48,6 +50,7 @@ for ckpt in "$RUNS"/stage1/checkpoint-* "$RUNS/stage1"; do
   [ -f "$report" ] || "$PY" -m train holdout --data "$RUNS/holdout.jsonl" --adapters "$ckpt" \
       --shapes L30 --output "$report"
 done
+if [ "${NAIVE:-0}" = 1 ]; then stage stage2 "$RUNS/naive_last_exit" --config train/configs/naive_mix.json; fi
 if [ "${STAGE1_ONLY:-0}" = 1 ]; then log "stage 1 only (STAGE1_ONLY=1): no compensation adapters"; exit 0; fi
 stage stage2 "$RUNS/vertical" --config train/configs/stage2.json --merge_adapters "$RUNS/stage1" \
     --max_steps "$COMP_STEPS" --lora_r 4 --lora_alpha 8 --lr 5e-4
