@@ -50,7 +50,7 @@ for ckpt in "$RUNS"/stage1/checkpoint-* "$RUNS/stage1"; do
   [ -f "$report" ] || "$PY" -m train holdout --data "$RUNS/holdout.jsonl" --adapters "$ckpt" \
       --shapes L30 --output "$report"
 done
-if [ "${NAIVE:-0}" = 1 ]; then  # as many steps as stage 1
+if [ "${NAIVE:-0}" = 1 ]; then  # STAGE1_STEPS steps, as stage 1 (else the config's 90)
   stage stage2 "$RUNS/naive_last_exit" --config train/configs/naive_mix.json ${STAGE1_STEPS:+--max_steps "$STAGE1_STEPS"}
 fi
 if [ "${STAGE1_ONLY:-0}" = 1 ]; then log "stage 1 only (STAGE1_ONLY=1): no compensation adapters"; exit 0; fi
