@@ -165,7 +165,7 @@ def test_shipped_configs_load():
         assert config.stage == stage and config.train_data
 
 
-def test_the_naive_mix_baseline_differs_from_the_mix_model_only_in_its_trained_exits():
+def test_the_naive_mix_baseline_trains_the_last_exit_on_the_mix_models_data_and_batches():
     root = Path(__file__).resolve().parent.parent / "train" / "configs"
     naive = load_config("stage2", str(root / "naive_mix.json"))
     mix = load_config("stage1", str(root / "stage1_mix.json"))

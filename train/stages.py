@@ -61,7 +61,7 @@ def setup_runtime(config: StageConfig) -> Runtime:
     if config.num_threads:
         torch.set_num_threads(config.num_threads)
     wanted = resolve_device(config.device) if config.device else None
-    cuda = (wanted.type if wanted is not None else "cuda" if torch.cuda.is_available() else "cpu") == "cuda"
+    cuda = wanted.type == "cuda" if wanted is not None else torch.cuda.is_available()
     ranks = join_ranks(wanted, backend="nccl" if cuda else "gloo")
     use_bf16 = fast_dtype(ranks.device) == torch.bfloat16 if config.bf16 == "auto" else bool(config.bf16)
     return Runtime(ranks.rank, ranks.world, ranks.device, ranks.owns_group, torch.bfloat16 if use_bf16 else None)
